@@ -1,0 +1,189 @@
+"""Backbones: name -> (feature extractor, feature dim), plus the model every method trains.
+
+The model is feature extractor -> bottleneck -> classifier head (TLlib's ``ImageClassifier`` layout).
+``lenet`` is the digits CNN used by DANN-style digit benchmarks (arXiv 1505.07818; TLlib's LeNet);
+torchvision models come through torchvision's ``weights=`` API with their classification top removed.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from da.errors import ConfigError
+from da.registry import Registry
+
+BACKBONES: Registry[Callable[..., tuple[nn.Module, int]]] = Registry("backbone")
+
+
+@dataclass
+class BackboneConfig:
+    name: str
+    weights: str | None = None  # torchvision weights enum name, e.g. IMAGENET1K_V1; None = random init
+    checkpoint: str | None = None  # a local file: a state_dict for the feature extractor or a run's checkpoint
+    bottleneck_dim: int = 256  # 0 = no bottleneck
+    bottleneck_dropout: float = 0.0
+
+
+class LeNet(nn.Module):
+    """LeNet for 28x28 grey digits: conv(20,5)-pool-relu-conv(50,5)-dropout-pool-relu -> 800 features."""
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 20, kernel_size=5),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(20, 50, kernel_size=5),
+            nn.Dropout2d(p=0.5),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, 800) for 28x28 input
+
+
+@BACKBONES.register("lenet")
+def lenet(
+    in_channels: int = 1, image_size: int = 28, weights: str | None = None, **_: object
+) -> tuple[nn.Module, int]:
+    if weights:
+        raise ConfigError("lenet has no published weights; use backbone.checkpoint=<run folder or file>")
+    if image_size < 16:
+        raise ConfigError(f"lenet needs images of at least 16x16, got {image_size}")
+    net = LeNet(in_channels)
+    with torch.no_grad():
+        dim = net(torch.zeros(1, in_channels, image_size, image_size)).shape[1]
+    return net, dim
+
+
+class GreyToRGB(nn.Module):
+    """Repeat a single grey channel to the three channels an ImageNet model expects."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.net(x)
+
+
+def _strip_top(model: nn.Module) -> tuple[nn.Module, int]:
+    """Replace a torchvision classifier's last layer(s) by identity; return (model, feature dim)."""
+    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):  # resnet, resnext, wide_resnet, regnet
+        dim = model.fc.in_features
+        model.fc = nn.Identity()
+        return model, dim
+    if model.__class__.__name__ == "VGG":  # "VGG16 without its top": conv base + global average pool
+        return nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten()), 512
+    if hasattr(model, "classifier"):  # densenet (Linear), mobilenet / efficientnet / convnext (Sequential)
+        head = model.classifier
+        if isinstance(head, nn.Linear):
+            model.classifier = nn.Identity()
+            return model, head.in_features
+        if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
+            dim = head[-1].in_features
+            head[-1] = nn.Identity()
+            return model, dim
+    if hasattr(model, "heads"):  # vision transformer
+        dim = model.heads[-1].in_features
+        model.heads = nn.Identity()
+        return model, dim
+    raise ConfigError(f"cannot remove the classification top of {model.__class__.__name__}")
+
+
+def torchvision_backbone(name: str, weights: str | None, **_: object) -> tuple[nn.Module, int]:
+    """A torchvision classification model by name, with ``weights`` from its weights enum."""
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(name, weights=weights)
+    except (urllib.error.URLError, OSError, RuntimeError) as err:
+        if weights is None or not _is_download_error(err):
+            raise
+        enum = torchvision.models.get_model_weights(name)[weights]
+        filename = os.path.basename(enum.url)
+        folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+        raise ConfigError(
+            f"weights {name}.{weights} are not on disk and could not be downloaded: put {filename} "
+            f"(from {enum.url}) in {folder}, or set backbone.weights=null to train from scratch"
+        ) from err
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"invalid weights {weights!r} for {name}: {err}") from err
+    model, dim = _strip_top(model)
+    return GreyToRGB(model), dim
+
+
+def _is_download_error(err: BaseException) -> bool:
+    text = f"{type(err).__name__} {err}".lower()
+    return isinstance(err, urllib.error.URLError) or any(
+        word in text for word in ("urlopen", "name resolution", "connection", "network", "temporary failure")
+    )
+
+
+TORCHVISION_NAMES = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2",
+    "vgg11", "vgg16", "vgg19", "vgg16_bn", "densenet121", "mobilenet_v3_large", "efficientnet_b0",
+    "convnext_tiny", "vit_b_16",
+)
+for _name in TORCHVISION_NAMES:
+    BACKBONES.register(_name)(lambda _n=_name, **kw: torchvision_backbone(_n, **kw))
+
+
+class ImageClassifier(nn.Module):
+    """backbone -> bottleneck (Linear-BN-ReLU[-Dropout]) -> head; ``forward`` returns (logits, features)."""
+
+    def __init__(
+        self, backbone: nn.Module, feature_dim: int, num_classes: int, bottleneck_dim: int = 256,
+        bottleneck_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        if bottleneck_dim > 0:
+            layers: list[nn.Module] = [
+                nn.Linear(feature_dim, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU()
+            ]
+            if bottleneck_dropout > 0:
+                layers.append(nn.Dropout(bottleneck_dropout))
+            self.bottleneck: nn.Module = nn.Sequential(*layers)
+            self.features_dim = bottleneck_dim
+        else:
+            self.bottleneck = nn.Identity()
+            self.features_dim = feature_dim
+        self.head = nn.Linear(self.features_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.bottleneck(self.backbone(x))  # (B, D)
+        return self.head(f), f  # (B, K), (B, D)
+
+
+def load_feature_checkpoint(backbone: nn.Module, path: str) -> None:
+    """Load backbone weights from a state_dict file, or from a run folder / ``checkpoint.pt`` of this package."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.pt")
+    if not os.path.isfile(path):
+        raise ConfigError(f"backbone checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "method" in state:  # a checkpoint written by da's trainer
+        prefix = "model.backbone."
+        state = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if unexpected or len(missing) == len(list(backbone.state_dict())):
+        raise ConfigError(f"checkpoint {path} does not match the backbone (missing {len(missing)} keys)")
+
+
+def build_model(cfg: BackboneConfig, num_classes: int, in_channels: int, image_size: int) -> ImageClassifier:
+    factory = BACKBONES.get(cfg.name)
+    backbone, dim = factory(weights=cfg.weights, in_channels=in_channels, image_size=image_size)
+    if cfg.checkpoint:
+        load_feature_checkpoint(backbone, os.path.expanduser(cfg.checkpoint))
+    return ImageClassifier(backbone, dim, num_classes, cfg.bottleneck_dim, cfg.bottleneck_dropout)

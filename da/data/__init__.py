@@ -1,0 +1,60 @@
+"""Dataset registry: ``dataset.name`` -> (typed config, builder returning a :class:`Task`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from da.data.base import LabelledTensors, Task, Unlabelled, forever, make_loader
+from da.errors import ConfigError
+from da.registry import Registry
+
+
+@dataclass
+class DatasetEntry:
+    config: type
+    build: Callable[..., Task]
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+@dataclass
+class DigitsConfig:
+    name: str = "digits"
+    source: str = "fonts"  # fonts | sklearn
+    target: str = "sklearn"  # sklearn | fonts
+    image_size: int = 28
+    samples_per_class: int = 500  # synthetic images per digit
+    target_test_fraction: float = 0.3
+    source_test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        for key in ("source", "target"):
+            if getattr(self, key) not in ("fonts", "sklearn"):
+                raise ConfigError(f"dataset.{key} for digits must be fonts or sklearn, got {getattr(self, key)!r}")
+        if self.image_size < 8:
+            raise ConfigError(f"dataset.image_size must be >= 8, got {self.image_size}")
+        if self.samples_per_class < 2:
+            raise ConfigError(f"dataset.samples_per_class must be >= 2, got {self.samples_per_class}")
+        for key in ("target_test_fraction", "source_test_fraction"):
+            if not 0 < getattr(self, key) < 1:
+                raise ConfigError(f"dataset.{key} must be in (0, 1), got {getattr(self, key)}")
+
+
+def _build_digits(cfg: DigitsConfig, seed: int, data_root: str) -> Task:
+    from da.data.digits import build_digits
+
+    return build_digits(seed=seed, **vars(cfg))
+
+
+DATASETS.register("digits")(DatasetEntry(DigitsConfig, _build_digits))
+
+
+def build_task(cfg: object, seed: int, data_root: str) -> Task:
+    entry = DATASETS.get(cfg.name)  # type: ignore[attr-defined]
+    return entry.build(cfg, seed, data_root)
+
+
+__all__ = ["DATASETS", "DatasetEntry", "LabelledTensors", "Task", "Unlabelled", "build_task", "forever",
+           "make_loader"]

@@ -1,0 +1,98 @@
+"""The data contract: a Task holds a labelled source, an unlabelled target and labelled test splits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class LabelledTensors(Dataset):
+    """Images held in memory as one tensor (N, C, H, W) with labels (N,); an optional per-sample transform."""
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+        self.x, self.y, self.transform = x, y.long(), transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[i]
+        return (self.transform(x) if self.transform else x), self.y[i]
+
+
+class Unlabelled(Dataset):
+    """The target as a method sees it: ``(image, index)``; the labels of ``base`` are dropped here.
+
+    This is where target labels are hidden from transductive and unsupervised methods: the loader built on
+    it yields no label, so no training step can read one. The index lets methods keep per-sample state
+    (pseudo-labels, memory banks).
+    """
+
+    is_unlabelled = True
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.base[i][0], i
+
+
+@dataclass
+class Task:
+    """A transfer task: ``source -> target`` with the splits each stage may use.
+
+    ``target_train`` is unlabelled (see :class:`Unlabelled`). ``target_test`` is for evaluation only.
+    ``target_train_labels`` exists for analysis (e.g. pseudo-label accuracy in logs) and is never handed to
+    a method nor used for model selection.
+    """
+
+    name: str
+    source: str
+    target: str
+    source_train: Dataset
+    source_test: Dataset
+    target_train: Unlabelled
+    target_test: Dataset
+    class_names: list[str]
+    in_channels: int
+    image_size: int
+    target_train_labels: torch.Tensor | None = None
+    skipped_files: int = 0
+    notes: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0
+) -> DataLoader:
+    """A loader; training loaders shuffle with their own seeded generator and drop the last partial batch."""
+    generator = torch.Generator().manual_seed(seed)
+    drop_last = train and len(dataset) > batch_size  # type: ignore[arg-type]
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=drop_last,
+        generator=generator,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def forever(loader: DataLoader) -> Iterator:
+    """Cycle through a loader endlessly (a fresh shuffle each pass)."""
+    while True:
+        yield from loader

@@ -1,0 +1,64 @@
+"""The method interface every transfer method implements (see DESIGN.md, "Contracts")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from da.backbones import ImageClassifier
+from da.registry import Registry
+
+
+@dataclass
+class MethodConfig:
+    """Hyper-parameters shared by every method; a method's own ``Config`` subclasses this."""
+
+    name: str
+    backbone_lr_factor: float = 1.0  # the backbone's lr = trainer.lr * factor (0.1 for pretrained backbones)
+
+
+class Method(nn.Module):
+    """A transfer method: owns the model and any extra modules (discriminators), and defines one step.
+
+    ``training_step(batch_s, batch_t, progress)`` gets a labelled source batch ``(x_s, y_s)``, an unlabelled
+    target batch ``(x_t, index_t)`` and the training progress in [0, 1]; it returns named losses with the
+    total under ``"loss"``. The shared trainer does backward, the optimiser step, AMP and schedules.
+    """
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    kind: ClassVar[str] = "transductive"  # or "inductive" / "unsupervised": which data a method may read
+
+    def __init__(self, model: ImageClassifier, cfg: MethodConfig, num_classes: int) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.num_classes = num_classes
+
+    def training_step(
+        self, batch_s: tuple[torch.Tensor, torch.Tensor], batch_t: tuple[torch.Tensor, torch.Tensor],
+        progress: float,
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, K) for evaluation."""
+        return self.model(x)[0]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Bottleneck features (B, D), used by validators and figures."""
+        return self.model(x)[1]
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser groups: the backbone at ``lr * backbone_lr_factor``, everything else at ``lr``."""
+        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        ids = {id(p) for p in self.model.backbone.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": backbone, "lr": lr * self.cfg.backbone_lr_factor, "lr_factor": self.cfg.backbone_lr_factor}]
+        groups.append({"params": rest, "lr": lr, "lr_factor": 1.0})
+        return [g for g in groups if g["params"]]
+
+
+METHODS: Registry[type[Method]] = Registry("method")
