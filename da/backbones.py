@@ -51,9 +51,7 @@ class LeNet(nn.Module):
 
 
 @BACKBONES.register("lenet")
-def lenet(
-    in_channels: int = 1, image_size: int = 28, weights: str | None = None, **_: object
-) -> tuple[nn.Module, int]:
+def lenet(in_channels: int = 1, image_size: int = 28, weights: str | None = None, **_: object) -> tuple[nn.Module, int]:
     if weights:
         raise ConfigError("lenet has no published weights; use backbone.checkpoint=<run folder or file>")
     if image_size < 16:
@@ -131,9 +129,22 @@ def _is_download_error(err: BaseException) -> bool:
 
 
 TORCHVISION_NAMES = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2",
-    "vgg11", "vgg16", "vgg19", "vgg16_bn", "densenet121", "mobilenet_v3_large", "efficientnet_b0",
-    "convnext_tiny", "vit_b_16",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "vgg11",
+    "vgg16",
+    "vgg19",
+    "vgg16_bn",
+    "densenet121",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
 )
 for _name in TORCHVISION_NAMES:
     BACKBONES.register(_name)(lambda _n=_name, **kw: torchvision_backbone(_n, **kw))
@@ -143,14 +154,20 @@ class ImageClassifier(nn.Module):
     """backbone -> bottleneck (Linear-BN-ReLU[-Dropout]) -> head; ``forward`` returns (logits, features)."""
 
     def __init__(
-        self, backbone: nn.Module, feature_dim: int, num_classes: int, bottleneck_dim: int = 256,
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        bottleneck_dim: int = 256,
         bottleneck_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         if bottleneck_dim > 0:
             layers: list[nn.Module] = [
-                nn.Linear(feature_dim, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU()
+                nn.Linear(feature_dim, bottleneck_dim),
+                nn.BatchNorm1d(bottleneck_dim),
+                nn.ReLU(),
             ]
             if bottleneck_dropout > 0:
                 layers.append(nn.Dropout(bottleneck_dropout))
@@ -175,7 +192,7 @@ def load_feature_checkpoint(backbone: nn.Module, path: str) -> None:
     state = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(state, dict) and "method" in state:  # a checkpoint written by da's trainer
         prefix = "model.backbone."
-        state = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state["method"].items() if k.startswith(prefix)}
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     if unexpected or len(missing) == len(list(backbone.state_dict())):
         raise ConfigError(f"checkpoint {path} does not match the backbone (missing {len(missing)} keys)")

@@ -31,8 +31,11 @@ def check_overrides(args: list[str]) -> None:
     for override in parsed:
         key = override.key_or_group
         if key in GROUPS and override.value_type is not None:
-            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
-                override.get_value_element_as_str()]
+            values = (
+                list(override.sweep_string_iterator())
+                if override.is_sweep_override()
+                else [override.get_value_element_as_str()]
+            )
             valid = group_options(key)
             for value in values:
                 if value not in valid:
@@ -60,7 +63,7 @@ def main() -> None:
 
     @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> float:
-        from da.fit import fit
+        from da.experiment import fit
 
         try:
             results = fit(cfg, run_dir=HydraConfig.get().runtime.output_dir)

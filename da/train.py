@@ -64,7 +64,7 @@ def lr_at(cfg: TrainerConfig, progress: float) -> float:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds third-party code that uses the global RNG
     torch.manual_seed(seed)
 
 
@@ -92,7 +92,13 @@ class Trainer:
     """Runs ``method`` on ``task`` for ``cfg.epochs`` epochs, writing checkpoint.pt and log.csv to ``run_dir``."""
 
     def __init__(
-        self, cfg: TrainerConfig, method: Method, task: Task, run_dir: str, device: torch.device, seed: int,
+        self,
+        cfg: TrainerConfig,
+        method: Method,
+        task: Task,
+        run_dir: str,
+        device: torch.device,
+        seed: int,
         config_signature: dict | None = None,
     ) -> None:
         self.cfg, self.method, self.task, self.run_dir = cfg, method, task, run_dir
@@ -100,7 +106,10 @@ class Trainer:
         self.signature = config_signature or {}
         self.method.to(device)
         self.optimizer = torch.optim.SGD(
-            method.param_groups(cfg.lr), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            method.param_groups(cfg.lr),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
             weight_decay=cfg.weight_decay,
         )
         self.amp_dtype = None
@@ -130,7 +139,11 @@ class Trainer:
             "images_seen": self.images_seen,
             "history": self.history,
             "signature": self.signature,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),  # noqa: NPY002 - the global RNG, restored on resume
+                "python": random.getstate(),
+            },
         }
 
     def save_checkpoint(self) -> None:
@@ -157,7 +170,7 @@ class Trainer:
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
         self.history = state["history"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
-        np.random.set_state(state["rng"]["numpy"])
+        np.random.set_state(state["rng"]["numpy"])  # noqa: NPY002
         random.setstate(state["rng"]["python"])
         return True
 
@@ -188,8 +201,9 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_factor", 1.0)
             batch_s, batch_t = _to(next(src_iter), self.device), _to(next(tgt_iter), self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ):
                 out = self.method.training_step(batch_s, batch_t, progress)
             loss = out["loss"]
             if not torch.isfinite(loss):
@@ -218,21 +232,35 @@ class Trainer:
         resumed = self.try_resume()
         bar = None
         if self.cfg.progress_bar:
-            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.method.cfg.name}", unit="step",
-                       dynamic_ncols=True, leave=True)
+            bar = tqdm(
+                total=self.total_steps,
+                initial=self.step,
+                desc=f"{self.method.cfg.name}",
+                unit="step",
+                dynamic_ncols=True,
+                leave=True,
+            )
             if resumed:
                 bar.write(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
         while self.epoch < self.cfg.epochs:
             row = self.train_epoch(bar)
             self.epoch += 1
             metrics = self.evaluate()  # logged for curves only; never used to choose a checkpoint
-            self.history.append({"epoch": self.epoch, "step": self.step, **row, **metrics,
-                                 "train_seconds": round(self.train_seconds, 3)})
+            self.history.append(
+                {
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    **row,
+                    **metrics,
+                    "train_seconds": round(self.train_seconds, 3),
+                }
+            )
             self.write_log()
             self.save_checkpoint()
             if bar is not None:
-                bar.set_postfix(loss=f"{row['loss']:.3f}", src=f"{metrics['source_acc']:.3f}",
-                                tgt=f"{metrics['target_acc']:.3f}")
+                bar.set_postfix(
+                    loss=f"{row['loss']:.3f}", src=f"{metrics['source_acc']:.3f}", tgt=f"{metrics['target_acc']:.3f}"
+                )
         if bar is not None:
             bar.close()
         return self.history

@@ -56,5 +56,4 @@ def build_task(cfg: object, seed: int, data_root: str) -> Task:
     return entry.build(cfg, seed, data_root)
 
 
-__all__ = ["DATASETS", "DatasetEntry", "LabelledTensors", "Task", "Unlabelled", "build_task", "forever",
-           "make_loader"]
+__all__ = ["DATASETS", "DatasetEntry", "LabelledTensors", "Task", "Unlabelled", "build_task", "forever", "make_loader"]

@@ -75,9 +75,7 @@ class Task:
         return len(self.class_names)
 
 
-def make_loader(
-    dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0
-) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0) -> DataLoader:
     """A loader; training loaders shuffle with their own seeded generator and drop the last partial batch."""
     generator = torch.Generator().manual_seed(seed)
     drop_last = train and len(dataset) > batch_size  # type: ignore[arg-type]

@@ -72,8 +72,9 @@ def render_digit(digit: int, font_path: str, rng: np.random.Generator) -> np.nda
     img = Image.new("L", (canvas, canvas))
     draw = ImageDraw.Draw(img)
     stroke = int(rng.integers(0, 5))
-    draw.text((canvas / 2, canvas / 2), str(digit), fill=255, font=font, anchor="mm", stroke_width=stroke,
-              stroke_fill=255)
+    draw.text(
+        (canvas / 2, canvas / 2), str(digit), fill=255, font=font, anchor="mm", stroke_width=stroke, stroke_fill=255
+    )
     angle = float(rng.uniform(-15, 15))
     shear = float(rng.uniform(-0.3, 0.3))
     sx, sy = rng.uniform(0.75, 1.15, size=2)
@@ -84,7 +85,9 @@ def render_digit(digit: int, font_path: str, rng: np.random.Generator) -> np.nda
     centre = np.array([canvas / 2, canvas / 2])
     offset = centre - inv @ centre
     img = img.transform(
-        img.size, Image.AFFINE, (inv[0, 0], inv[0, 1], offset[0], inv[1, 0], inv[1, 1], offset[1]),
+        img.size,
+        Image.AFFINE,
+        (inv[0, 0], inv[0, 1], offset[0], inv[1, 0], inv[1, 1], offset[1]),
         resample=Image.BILINEAR,
     )
     img = _fit_box(img, 32)
@@ -142,8 +145,14 @@ def _domain(
 
 
 def build_digits(
-    seed: int, source: str = "fonts", target: str = "sklearn", image_size: int = 28, samples_per_class: int = 500,
-    target_test_fraction: float = 0.3, source_test_fraction: float = 0.2, **_: object,
+    seed: int,
+    source: str = "fonts",
+    target: str = "sklearn",
+    image_size: int = 28,
+    samples_per_class: int = 500,
+    target_test_fraction: float = 0.3,
+    source_test_fraction: float = 0.2,
+    **_: object,
 ) -> Task:
     """The digits task. ``source=target=sklearn`` trains on the target's labelled train split: the
     train-on-target upper bound, evaluated on the same fixed target test split."""

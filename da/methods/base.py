@@ -38,7 +38,9 @@ class Method(nn.Module):
         self.num_classes = num_classes
 
     def training_step(
-        self, batch_s: tuple[torch.Tensor, torch.Tensor], batch_t: tuple[torch.Tensor, torch.Tensor],
+        self,
+        batch_s: tuple[torch.Tensor, torch.Tensor],
+        batch_t: tuple[torch.Tensor, torch.Tensor],
         progress: float,
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -56,7 +58,9 @@ class Method(nn.Module):
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
         ids = {id(p) for p in self.model.backbone.parameters()}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [{"params": backbone, "lr": lr * self.cfg.backbone_lr_factor, "lr_factor": self.cfg.backbone_lr_factor}]
+        groups = [
+            {"params": backbone, "lr": lr * self.cfg.backbone_lr_factor, "lr_factor": self.cfg.backbone_lr_factor}
+        ]
         groups.append({"params": rest, "lr": lr, "lr_factor": 1.0})
         return [g for g in groups if g["params"]]
 

@@ -20,8 +20,23 @@ from da.methods import METHODS
 from da.train import Trainer, TrainerConfig, seed_everything, select_device
 
 RESULT_KEYS = (
-    "method", "dataset", "source", "target", "backbone", "seed", "target_acc", "source_acc", "per_class_acc",
-    "epochs", "steps", "train_seconds", "images_per_second", "selection", "validators", "versions", "git_commit",
+    "method",
+    "dataset",
+    "source",
+    "target",
+    "backbone",
+    "seed",
+    "target_acc",
+    "source_acc",
+    "per_class_acc",
+    "epochs",
+    "steps",
+    "train_seconds",
+    "images_per_second",
+    "selection",
+    "validators",
+    "versions",
+    "git_commit",
     "config",
 )
 
@@ -38,8 +53,14 @@ def versions() -> dict[str, str]:
     import sklearn
     import torchvision
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "numpy": numpy.__version__, "scikit-learn": sklearn.__version__, "hydra": hydra.__version__}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "hydra": hydra.__version__,
+    }
     try:
         from importlib.metadata import version
 

@@ -1,0 +1,52 @@
+import json
+
+from .conftest import TINY, run_cli
+
+
+def test_cli_end_to_end_from_another_directory(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(*TINY, f"hydra.run.dir={out}", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["target_acc"] <= 1.0
+    assert "target acc" in proc.stdout and str(out) in proc.stdout
+
+
+def test_cli_second_run_writes_a_second_folder(tmp_path):
+    proc = run_cli(*TINY, "seed=1", "trainer.epochs=1", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    folders = list((tmp_path / "outputs").rglob("results.json"))
+    assert len(folders) == 1 and "seed1_" in str(folders[0])
+    proc = run_cli(*TINY, "seed=2", "trainer.epochs=1", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "outputs").rglob("results.json"))) == 2
+
+
+def _one_line_error(proc):
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_unknown_method_lists_valid_names(tmp_path):
+    line = _one_line_error(run_cli("method=nope", cwd=str(tmp_path)))
+    assert "nope" in line and "source_only" in line
+
+
+def test_unknown_dataset_and_backbone(tmp_path):
+    assert "digits" in _one_line_error(run_cli("dataset=nope", cwd=str(tmp_path)))
+    assert "lenet" in _one_line_error(run_cli("backbone=nope", cwd=str(tmp_path)))
+
+
+def test_unknown_key_fails_loudly(tmp_path):
+    line = _one_line_error(run_cli("trainer.epoch=3", cwd=str(tmp_path)))
+    assert "epoch" in line
+
+
+def test_invalid_value_fails_with_one_line(tmp_path):
+    line = _one_line_error(run_cli(*TINY, "trainer.epochs=-1", f"hydra.run.dir={tmp_path / 'x'}", cwd=str(tmp_path)))
+    assert "trainer.epochs" in line
+    line = _one_line_error(run_cli("dataset.source=svhn", cwd=str(tmp_path)))
+    assert "svhn" in line
