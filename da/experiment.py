@@ -111,7 +111,7 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
     trainer.fit()
 
     tgt = predict(method, task.target_test, device, trainer_cfg.eval_batch_size)
-    src = predict(method, task.source_test, device, trainer_cfg.eval_batch_size)
+    src = predict(method, task.source_test, device, trainer_cfg.eval_batch_size) if method.uses_source else None
     results: dict[str, Any] = {
         "method": method_cfg.name,
         "dataset": task.name,
@@ -120,7 +120,7 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
         "backbone": backbone_cfg.name,
         "seed": cfg.seed,
         "target_acc": accuracy(tgt.logits, tgt.labels),
-        "source_acc": accuracy(src.logits, src.labels),
+        "source_acc": accuracy(src.logits, src.labels) if src is not None else None,
         "per_class_acc": dict(zip(task.class_names, per_class_accuracy(tgt.logits, tgt.labels, task.num_classes))),
         "epochs": trainer.epoch,
         "steps": trainer.step,
@@ -145,6 +145,10 @@ def summary(results: dict[str, Any], run_dir: str) -> str:
     r = results
     return (
         f"{r['method']} on {r['dataset']} {r['source']}->{r['target']} ({r['backbone']}, seed {r['seed']}, "
-        f"{r['epochs']} epochs, {r['train_seconds']:.0f}s): source acc {100 * r['source_acc']:.1f}%, "
-        f"target acc {100 * r['target_acc']:.1f}%\nrun folder: {run_dir}"
+        f"{r['epochs']} epochs, {r['train_seconds']:.0f}s): source acc {_pct(r['source_acc'])}, "
+        f"target acc {_pct(r['target_acc'])}\nrun folder: {run_dir}"
     )
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"

@@ -16,14 +16,14 @@ from tqdm import tqdm
 from da.data.base import Task, forever, make_loader
 from da.errors import ConfigError
 from da.evaluate import accuracy, predict
-from da.methods.base import Method
+from da.methods.base import EpochContext, Method
 
 LR_SCHEDULES = ("dann", "cosine", "constant")
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
+    epochs: int = 20
     steps_per_epoch: int | None = None  # None: one pass over the larger training domain
     batch_size: int = 64  # per domain: each step reads batch_size source + batch_size target images
     lr: float = 0.01
@@ -116,7 +116,12 @@ class Trainer:
         if cfg.amp and device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        longest = max(len(task.source_train), len(task.target_train))  # type: ignore[arg-type]
+        sizes = [
+            len(d)
+            for d, used in ((task.source_train, method.uses_source), (task.target_train, method.uses_target))
+            if used
+        ]  # type: ignore[arg-type]
+        longest = max(sizes or [cfg.batch_size])
         self.steps_per_epoch = cfg.steps_per_epoch or max(1, longest // cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.epoch = 0  # epochs completed
@@ -176,31 +181,57 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def evaluate(self) -> dict[str, float]:
+        """Test accuracies; a source-free method is not evaluated on source images either."""
         bs = self.cfg.eval_batch_size
         tgt = predict(self.method, self.task.target_test, self.device, bs)
-        src = predict(self.method, self.task.source_test, self.device, bs)
-        return {"source_acc": accuracy(src.logits, src.labels), "target_acc": accuracy(tgt.logits, tgt.labels)}
+        out = {"target_acc": accuracy(tgt.logits, tgt.labels)}
+        if self.method.uses_source:
+            src = predict(self.method, self.task.source_test, self.device, bs)
+            out["source_acc"] = accuracy(src.logits, src.labels)
+        return out
+
+    def pseudo_label_metrics(self) -> dict[str, float]:
+        """Coverage of the method's pseudo-labels and (analysis only) their accuracy on the hidden labels."""
+        pl, truth = self.method.pseudo_labels, self.task.target_train_labels
+        if pl is None:
+            return {}
+        kept = pl >= 0
+        out = {"pl_coverage": kept.float().mean().item()}
+        if truth is not None and kept.any():
+            out["pl_acc"] = (pl[kept].cpu() == truth[kept.cpu()]).float().mean().item()
+        return out
 
     def _loaders(self, epoch: int):
         """Loaders seeded by (seed, epoch), so a resumed run draws the same batches as an uninterrupted one."""
         bs, workers = self.cfg.batch_size, self.cfg.num_workers
         s = self.seed * 100_003 + epoch
-        return (
-            forever(make_loader(self.task.source_train, bs, True, 2 * s, workers)),
-            forever(make_loader(self.task.target_train, bs, True, 2 * s + 1, workers)),
+        src = (
+            forever(make_loader(self.task.source_train, bs, True, 2 * s, workers)) if self.method.uses_source else None
         )
+        tgt = (
+            forever(make_loader(self.task.target_train, bs, True, 2 * s + 1, workers))
+            if self.method.uses_target
+            else None
+        )
+        return src, tgt
 
     def train_epoch(self, bar: tqdm | None) -> dict[str, float]:
+        start = time.perf_counter()
+        ctx = EpochContext(
+            self.epoch, self.step / self.total_steps, self.device, self.task.target_train, self.cfg.eval_batch_size
+        )
+        extra = self.method.on_epoch_start(ctx)
+        extra.update(self.pseudo_label_metrics())
         self.method.train()
         src_iter, tgt_iter = self._loaders(self.epoch)
         sums: dict[str, float] = {}
-        start = time.perf_counter()
         for _ in range(self.steps_per_epoch):
             progress = self.step / self.total_steps
             lr = lr_at(self.cfg, progress)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_factor", 1.0)
-            batch_s, batch_t = _to(next(src_iter), self.device), _to(next(tgt_iter), self.device)
+            batch_s = _to(next(src_iter), self.device) if src_iter is not None else None
+            batch_t = _to(next(tgt_iter), self.device) if tgt_iter is not None else None
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
             ):
@@ -216,7 +247,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1
-            self.images_seen += len(batch_s[0]) + len(batch_t[0])
+            self.images_seen += sum(len(b[0]) for b in (batch_s, batch_t) if b is not None)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if bar is not None:
@@ -225,6 +256,7 @@ class Trainer:
         self.train_seconds += time.perf_counter() - start
         row = {k: v / self.steps_per_epoch for k, v in sums.items()}
         row["lr"] = lr
+        row.update(extra)
         return row
 
     def fit(self) -> list[dict[str, float]]:

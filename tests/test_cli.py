@@ -50,3 +50,44 @@ def test_invalid_value_fails_with_one_line(tmp_path):
     assert "trainer.epochs" in line
     line = _one_line_error(run_cli("dataset.source=svhn", cwd=str(tmp_path)))
     assert "svhn" in line
+
+
+def test_installed_wheel_ships_its_configs(tmp_path):
+    """`pip install .` (not editable) works: the configs travel inside the wheel as da/configs."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), repo],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(wheels.glob("da-*.whl"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    assert (target / "da" / "configs" / "method" / "source_only.yaml").is_file()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import da, sys; sys.argv[0] = 'da.run'; print(da.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    assert proc.stdout.startswith(str(target)), proc.stdout + proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "da.run", *TINY, "trainer.epochs=1", f"hydra.run.dir={out}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "results.json").is_file()

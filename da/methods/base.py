@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from da.backbones import ImageClassifier
 from da.registry import Registry
+
+if TYPE_CHECKING:
+    from da.data.base import Unlabelled
+    from da.evaluate import Predictions
 
 
 @dataclass
@@ -29,7 +33,13 @@ class Method(nn.Module):
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    kind: ClassVar[str] = "transductive"  # or "inductive" / "unsupervised": which data a method may read
+    kind: ClassVar[str] = "transductive"  # or "inductive" / "unsupervised"
+    uses_source: ClassVar[bool] = True  # False: the trainer builds no source loader and passes batch_s=None
+    uses_target: ClassVar[bool] = True  # False: no target loader, batch_t=None
+
+    #: Optional per-target-sample pseudo-labels (N,), -1 where none; the trainer logs their coverage and, for
+    #: analysis only, their accuracy against the held-out target labels, which the method never sees.
+    pseudo_labels: torch.Tensor | None = None
 
     def __init__(self, model: ImageClassifier, cfg: MethodConfig, num_classes: int) -> None:
         super().__init__()
@@ -44,6 +54,10 @@ class Method(nn.Module):
         progress: float,
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def on_epoch_start(self, ctx: EpochContext) -> dict[str, float]:
+        """Called before each training epoch (e.g. to re-label the target); returns extra metrics for log.csv."""
+        return {}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, K) for evaluation."""
@@ -63,6 +77,23 @@ class Method(nn.Module):
         ]
         groups.append({"params": rest, "lr": lr, "lr_factor": 1.0})
         return [g for g in groups if g["params"]]
+
+
+@dataclass
+class EpochContext:
+    """What a method may read between epochs: the unlabelled target set, never its labels."""
+
+    epoch: int  # epochs completed so far
+    progress: float  # training progress in [0, 1]
+    device: torch.device
+    target_train: Unlabelled
+    batch_size: int
+
+    def predict_target(self, method: Method) -> Predictions:
+        """Logits and features of ``method`` (eval mode) for every target training image, in index order."""
+        from da.evaluate import predict
+
+        return predict(method, self.target_train, self.device, self.batch_size)
 
 
 METHODS: Registry[type[Method]] = Registry("method")
