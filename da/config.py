@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 from da.errors import ConfigError
 
 T = TypeVar("T")
-TOP_LEVEL_KEYS = ("method", "dataset", "backbone", "trainer", "seed", "device", "data_root")
+TOP_LEVEL_KEYS = ("method", "dataset", "backbone", "trainer", "seed", "device", "data_root", "init")
 
 
 def config_dir() -> str:
