@@ -50,6 +50,15 @@ def _build_digits(cfg: DigitsConfig, seed: int, data_root: str) -> Task:
 
 DATASETS.register("digits")(DatasetEntry(DigitsConfig, _build_digits))
 
+# Real data (issue 6): each module holds its typed config and builder.
+from da.data.folder import FolderConfig, build_folder  # noqa: E402
+from da.data.mnist_usps import MnistUspsConfig, build_mnist_usps  # noqa: E402
+from da.data.office31 import Office31Config, build_office31  # noqa: E402
+
+DATASETS.register("mnist_usps")(DatasetEntry(MnistUspsConfig, build_mnist_usps))
+DATASETS.register("office31")(DatasetEntry(Office31Config, build_office31))
+DATASETS.register("folder")(DatasetEntry(FolderConfig, build_folder))
+
 
 def build_task(cfg: object, seed: int, data_root: str) -> Task:
     entry = DATASETS.get(cfg.name)  # type: ignore[attr-defined]

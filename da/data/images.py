@@ -1,0 +1,186 @@
+"""Image folders decoded once into uint8 tensors, and the per-sample tensor transforms that train on them.
+
+A domain is ``<domain_dir>/<class>/*`` (one sub-folder per class). Every image is decoded once, converted to
+RGB and resized to ``resize`` x ``resize`` (the square ``ResizeImage(256)`` of the DANN / CDAN reference code,
+Long et al. arXiv 1705.10667), and held as one uint8 tensor (N, 3, S, S). Training then only crops, flips,
+converts and normalises tensors: no image is decoded inside the training loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from da.data.base import LabelledTensors
+from da.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MEMORY_WARNING_BYTES = 8 * 2**30  # decoded domains above this size get a warning (use a smaller resize)
+
+
+def subfolders(folder: str) -> list[str]:
+    """Sorted names of the visible sub-folders of ``folder``."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def image_files(folder: str) -> list[str]:
+    """Sorted image files (by extension) anywhere under ``folder``."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [
+            os.path.join(dirpath, f)
+            for f in filenames
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+        ]
+    return sorted(out)
+
+
+def scan_classes(domain_dir: str, what: str) -> dict[str, list[str]]:
+    """``{class name: image paths}`` of a ``<domain_dir>/<class>/*`` tree; empty class folders are an error."""
+    if not os.path.isdir(domain_dir):
+        raise DataError(f"{what}: folder not found: {domain_dir}")
+    classes = subfolders(domain_dir)
+    if not classes:
+        raise DataError(f"{what}: no class folders in {domain_dir} (expected {domain_dir}/<class>/<image>)")
+    files = {c: image_files(os.path.join(domain_dir, c)) for c in classes}
+    empty = [c for c, f in files.items() if not f]
+    if empty:
+        raise DataError(
+            f"{what}: empty class folder(s) in {domain_dir}: {', '.join(empty)} "
+            f"(no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS[:3])}/... images); remove them or add images"
+        )
+    return files
+
+
+def check_same_classes(classes: dict[str, list[str]]) -> list[str]:
+    """The class list shared by every domain in ``{domain: class names}``; an error names the differences."""
+    names = list(classes)
+    reference = set(classes[names[0]])
+    for other in names[1:]:
+        theirs = set(classes[other])
+        if theirs != reference:
+            diffs = [
+                f"only in {d}: {', '.join(sorted(a - b))}"
+                for d, a, b in ((names[0], reference, theirs), (other, theirs, reference))
+                if a - b
+            ]
+            raise DataError(f"domains {names[0]} and {other} have different classes ({'; '.join(diffs)})")
+    return sorted(reference)
+
+
+def _decode(path: str, size: int) -> np.ndarray | str:
+    """(S, S, 3) uint8 pixels of one image, or the reason it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except Exception as err:  # a corrupt or truncated file of any kind is skipped, never fatal
+        return f"{type(err).__name__}: {err}"
+
+
+@dataclass
+class DecodedImages:
+    x: torch.Tensor  # (N, 3, S, S) uint8
+    y: torch.Tensor  # (N,) long
+    skipped: list[str]  # paths that could not be decoded
+
+
+def decode_folder(files: dict[str, list[str]], class_names: list[str], size: int, what: str) -> DecodedImages:
+    """Decode every image of ``{class: paths}`` once into a uint8 tensor; unreadable files are skipped."""
+    paths = [p for c in class_names for p in files[c]]
+    labels = [k for k, c in enumerate(class_names) for _ in files[c]]
+    estimate = len(paths) * 3 * size * size
+    if estimate > MEMORY_WARNING_BYTES:
+        log.warning(
+            "%s: holding %d images at %dx%d takes %.1f GiB of memory; a smaller dataset.resize needs less",
+            what,
+            len(paths),
+            size,
+            size,
+            estimate / 2**30,
+        )
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
+        decoded = list(pool.map(lambda p: _decode(p, size), paths, chunksize=16))
+    keep = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+    skipped = [paths[i] for i, d in enumerate(decoded) if isinstance(d, str)]
+    if skipped:
+        first = decoded[paths.index(skipped[0])]
+        log.warning("%s: skipped %d unreadable image(s), e.g. %s (%s)", what, len(skipped), skipped[0], first)
+    survivors = {labels[i] for i in keep}
+    lost = [c for k, c in enumerate(class_names) if k not in survivors]
+    if lost:
+        raise DataError(f"{what}: every image of class(es) {', '.join(lost)} is unreadable")
+    x = torch.from_numpy(np.stack([decoded[i] for i in keep])).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
+    y = torch.tensor([labels[i] for i in keep], dtype=torch.long)
+    return DecodedImages(x, y, skipped)
+
+
+class TensorTransform:
+    """uint8 (3, S, S) -> normalised float (3, C, C): random crop + horizontal flip when training, else centre crop.
+
+    The crop of the standard Office-31 protocol (resize 256, crop 224; arXiv 1409.7495, 1705.10667) on tensors.
+    """
+
+    def __init__(
+        self,
+        crop: int,
+        train: bool,
+        flip: bool = True,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        self.crop, self.train, self.flip = crop, train, flip
+        self.mean = torch.tensor(mean).view(-1, 1, 1)  # (3, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.train:
+            top = int(torch.randint(0, h - self.crop + 1, ()))
+            left = int(torch.randint(0, w - self.crop + 1, ()))
+        else:
+            top, left = (h - self.crop) // 2, (w - self.crop) // 2
+        x = x[:, top : top + self.crop, left : left + self.crop]  # (3, C, C)
+        if self.train and self.flip and bool(torch.rand(()) < 0.5):
+            x = x.flip(-1)
+        return (x.float() / 255.0 - self.mean) / self.std
+
+
+def train_and_eval(images: DecodedImages, crop: int, flip: bool = True) -> tuple[LabelledTensors, LabelledTensors]:
+    """The same decoded tensor seen twice: with the training augmentation and with the evaluation crop."""
+    return (
+        LabelledTensors(images.x, images.y, TensorTransform(crop, train=True, flip=flip)),
+        LabelledTensors(images.x, images.y, TensorTransform(crop, train=False)),
+    )
+
+
+def stratified_split(labels: torch.Tensor, seed: int, test_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) indices: ``test_fraction`` of each class (rounded) for test, drawn with ``seed``.
+
+    Every class keeps at least one training image, and one test image when it has two images or more.
+    """
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    y = labels.numpy()
+    for k in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == k))
+        n_test = min(max(int(round(test_fraction * len(idx))), 1), len(idx) - 1)
+        test += idx[:n_test].tolist()
+        train += idx[n_test:].tolist()
+    return torch.tensor(sorted(train), dtype=torch.long), torch.tensor(sorted(test), dtype=torch.long)
+
+
+def subset(images: DecodedImages, index: torch.Tensor) -> DecodedImages:
+    return DecodedImages(images.x[index], images.y[index], images.skipped)
