@@ -128,7 +128,7 @@ def one_domain_task(
         target=domain,
         source_train=train_set,
         source_test=test_set,
-        target_train=Unlabelled(LabelledTensors(train.x, train.y, train_set.transform)),
+        target_train=Unlabelled(train_set),
         target_test=test_set,
         class_names=class_names,
         in_channels=3,

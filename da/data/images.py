@@ -110,19 +110,28 @@ def decode_folder(files: dict[str, list[str]], class_names: list[str], size: int
             size,
             estimate / 2**30,
         )
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
-        decoded = list(pool.map(lambda p: _decode(p, size), paths, chunksize=16))
-    keep = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-    skipped = [paths[i] for i, d in enumerate(decoded) if isinstance(d, str)]
+    pixels = np.empty((len(paths), size, size, 3), dtype=np.uint8)  # (N, S, S, 3), filled in place
+
+    def work(i: int) -> str | None:
+        out = _decode(paths[i], size)
+        if isinstance(out, str):
+            return out
+        pixels[i] = out
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
+        errors = list(pool.map(work, range(len(paths))))
+    keep = [i for i, e in enumerate(errors) if e is None]
+    skipped = [paths[i] for i, e in enumerate(errors) if e is not None]
     if skipped:
-        first = decoded[paths.index(skipped[0])]
+        first = errors[paths.index(skipped[0])]
         log.warning("%s: skipped %d unreadable image(s), e.g. %s (%s)", what, len(skipped), skipped[0], first)
+        pixels = pixels[keep]
     survivors = {labels[i] for i in keep}
     lost = [c for k, c in enumerate(class_names) if k not in survivors]
     if lost:
         raise DataError(f"{what}: every image of class(es) {', '.join(lost)} is unreadable")
-    x = torch.from_numpy(np.stack([decoded[i] for i in keep])).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S): 3x faster crops than a view
     y = torch.tensor([labels[i] for i in keep], dtype=torch.long)
     return DecodedImages(x, y, skipped)
 
