@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from da import losses
-from da.methods.base import METHODS, Method
+from da.errors import ConfigError
+from da.methods.base import METHODS, Method, MethodConfig
+
+
+@dataclass
+class SourceOnlyConfig(MethodConfig):
+    label_smoothing: float = 0.0  # 0.1 trains SHOT's source model (Liang et al., arXiv 2002.08546, Sec. 3.1)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"method.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @METHODS.register("source_only")
 class SourceOnly(Method):
     """Train on source labels alone; the target batch is not used (no BatchNorm adaptation either)."""
 
+    Config = SourceOnlyConfig
+
     def training_step(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
         x_s, y_s = batch_s
         logits_s, _ = self.model(x_s)  # (B, K)
-        loss = losses.cross_entropy(logits_s, y_s)
+        loss = losses.cross_entropy(logits_s, y_s, self.cfg.label_smoothing)
         return {"loss": loss, "cls": loss.detach()}

@@ -1,0 +1,71 @@
+"""FixMatch for domain adaptation: weak-view pseudo-labels supervise the strong view of the same target image.
+
+Sohn et al., NeurIPS 2020, arXiv 2001.07685, used for unsupervised DA as in TLlib's ``fixmatch.py``: source CE
+plus ``trade_off`` · the masked consistency loss (:func:`da.losses.fixmatch`). The two views are made per batch
+on tensors (:mod:`da.augment_tensor`): weak = a small shift (a horizontal flip only with ``hflip``, never for
+digits), strong = RandAugment + Cutout. Only weak-view predictions with confidence ≥ ``threshold`` contribute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from da import augment_tensor, losses
+from da.errors import ConfigError
+from da.methods.base import METHODS, EpochContext, Method, MethodConfig
+
+
+@dataclass
+class FixMatchConfig(MethodConfig):
+    threshold: float = 0.95
+    trade_off: float = 1.0
+    weak_shift: float = 0.125
+    hflip: bool = False
+    strong_ops: int = 2
+    cutout: float = 0.5
+    source_epochs: int | None = None
+    source_label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"method.threshold must be in [0, 1], got {self.threshold}")
+        if self.trade_off < 0 or self.strong_ops < 0:
+            raise ConfigError("method.trade_off and method.strong_ops must be >= 0")
+        if not 0.0 <= self.weak_shift < 1.0 or not 0.0 <= self.cutout < 1.0:
+            raise ConfigError("method.weak_shift and method.cutout are fractions of the side, in [0, 1)")
+
+
+@METHODS.register("fixmatch")
+class FixMatch(Method):
+    """Source CE + confidence-masked weak-to-strong consistency on the target; arXiv 2001.07685."""
+
+    Config = FixMatchConfig
+    kind = "unsupervised"
+    default_init = "source"  # init=null starts from a source model trained in <run_dir>/source_stage/
+
+    def on_epoch_start(self, ctx: EpochContext) -> dict[str, float]:
+        """Keeps the last weak-view pseudo-label of each target image (−1 below τ) for the coverage log."""
+        if self.pseudo_labels is None:
+            self.pseudo_labels = torch.full((len(ctx.target_train),), -1, dtype=torch.long)
+        return {}
+
+    def training_step(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        x_s, y_s = batch_s
+        x_t, index_t = batch_t
+        with torch.no_grad():
+            x_weak = augment_tensor.weak(x_t, c.weak_shift, c.hflip)  # (B, C, H, W)
+            x_strong = augment_tensor.strong(x_t, c.strong_ops, c.cutout)  # (B, C, H, W)
+        logits, _ = self.model(torch.cat([x_s, x_weak, x_strong]))  # one batch: BatchNorm sees both domains
+        logits_s, logits_weak, logits_strong = logits.split([len(x_s), len(x_t), len(x_t)])  # (B, K) each
+        cls = losses.cross_entropy(logits_s, y_s)
+        consistency = losses.fixmatch(logits_weak, logits_strong, c.threshold)
+        confidence, pseudo = F.softmax(logits_weak.detach().float(), dim=1).max(1)  # (B,)
+        kept = confidence >= c.threshold
+        if self.pseudo_labels is not None:
+            self.pseudo_labels[index_t.cpu()] = torch.where(kept, pseudo, torch.full_like(pseudo, -1)).cpu()
+        loss = cls + c.trade_off * consistency
+        return {"loss": loss, "cls": cls.detach(), "consistency": consistency.detach(), "mask": kept.float().mean()}
