@@ -1,0 +1,164 @@
+"""Figures and feature analyses for finished runs: accuracy bars, training curves, t-SNE, proxy A-distance."""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from da.backbones import BackboneConfig, build_model
+from da.config import to_dataclass
+from da.data import DATASETS, build_task
+from da.data.base import Task
+from da.evaluate import predict
+from da.methods import METHODS, Method
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    return plt, sns
+
+
+def restore(run_dir: str, device: str = "cpu", tasks: dict | None = None) -> tuple[Method, Task]:
+    """Rebuild a finished run's method (weights from checkpoint.pt) and its task from the run folder.
+
+    ``tasks`` caches built tasks across calls, keyed by (dataset config, seed): runs of one task share it.
+    """
+    cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
+    method_cls = METHODS.get(cfg.method.name)
+    method_cfg = to_dataclass(cfg.method, method_cls.Config, "method")
+    dataset_cfg = to_dataclass(cfg.dataset, DATASETS.get(cfg.dataset.name).config, "dataset")
+    backbone_cfg = to_dataclass(cfg.backbone, BackboneConfig, "backbone")
+    backbone_cfg.weights, backbone_cfg.checkpoint = None, None  # every weight comes from checkpoint.pt below
+    key = (repr(dataset_cfg), int(cfg.seed))
+    tasks = {} if tasks is None else tasks
+    if key not in tasks:
+        tasks[key] = build_task(dataset_cfg, int(cfg.seed), os.path.expanduser(str(cfg.data_root)))
+    task = tasks[key]
+    model = build_model(backbone_cfg, task.num_classes, task.in_channels, task.image_size)
+    method = method_cls(model, method_cfg, task.num_classes)
+    state = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location=device, weights_only=False)
+    method.load_state_dict(state["method"])
+    return method.to(device).eval(), task
+
+
+def domain_features(method: Method, task: Task, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Bottleneck features of the source and target test splits: (N_s, D), (N_t, D)."""
+    dev = torch.device(device)
+    f_s = predict(method, task.source_test, dev).features.numpy()
+    f_t = predict(method, task.target_test, dev).features.numpy()
+    return f_s, f_t
+
+
+def proxy_a_distance(f_s: np.ndarray, f_t: np.ndarray, seed: int = 0) -> float:
+    """Proxy A-distance 2(1 - 2ε) (Ben-David et al., NeurIPS 2006; Ganin et al. arXiv 1505.07818, sec. 5.1).
+
+    ε is the test error of a linear classifier told to separate source from target features, trained on a
+    random half of the pooled features and tested on the other half (domain labels only, no class labels).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    n = min(len(f_s), len(f_t))
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([f_s[rng.permutation(len(f_s))[:n]], f_t[rng.permutation(len(f_t))[:n]]])
+    y = np.concatenate([np.zeros(n), np.ones(n)])
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.5, stratify=y, random_state=seed)
+    scaler = StandardScaler().fit(x_tr)
+    clf = LogisticRegression(max_iter=2000).fit(scaler.transform(x_tr), y_tr)
+    err = 1.0 - clf.score(scaler.transform(x_te), y_te)
+    return float(2.0 * (1.0 - 2.0 * err))
+
+
+def accuracy_bars(results: list[dict[str, Any]], path: str, order: list[str] | None = None) -> str:
+    """Target accuracy per method (and task), mean with ± std error bars over seeds."""
+    import pandas as pd
+
+    plt, sns = _plt()
+    df = pd.DataFrame(
+        {"method": r["method"], "task": f"{r['source']}→{r['target']}", "target accuracy (%)": 100 * r["target_acc"]}
+        for r in results
+    )
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * df["method"].nunique() + 2), 3.2))
+    sns.barplot(df, x="method", y="target accuracy (%)", hue="task", order=order, errorbar="sd", ax=ax, capsize=0.1)
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", rotation=35)
+    if df["task"].nunique() == 1:
+        ax.get_legend().remove()
+    return _save(fig, path)
+
+
+def training_curves(run_dirs: dict[str, list[str]], path: str, metric: str = "target_acc") -> str:
+    """``metric`` from each run's log.csv against the epoch, mean and ± std band over seeds, one line per method."""
+    import pandas as pd
+
+    plt, sns = _plt()
+    frames = []
+    for method, dirs in run_dirs.items():
+        for d in dirs:
+            with open(os.path.join(d, "log.csv")) as fh:
+                for row in csv.DictReader(fh):
+                    if row.get(metric):
+                        frames.append({"method": method, "epoch": int(row["epoch"]), metric: float(row[metric])})
+    df = pd.DataFrame(frames)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    sns.lineplot(df, x="epoch", y=metric, hue="method", errorbar="sd", ax=ax)
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend(fontsize=7, ncols=2)
+    return _save(fig, path)
+
+
+def tsne_panels(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str, seed: int = 0, n: int = 400) -> str:
+    """One t-SNE panel per entry (e.g. before / after adaptation), source and target points coloured by domain."""
+    from sklearn.manifold import TSNE
+
+    plt, _ = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+    rng = np.random.default_rng(seed)
+    for ax, (title, (f_s, f_t)) in zip(axes[0], panels.items()):
+        f_s = f_s[rng.permutation(len(f_s))[:n]]
+        f_t = f_t[rng.permutation(len(f_t))[:n]]
+        emb = TSNE(n_components=2, init="pca", random_state=seed, perplexity=30).fit_transform(
+            np.concatenate([f_s, f_t])
+        )
+        ax.scatter(*emb[: len(f_s)].T, s=4, alpha=0.6, label="source", c="tab:blue")
+        ax.scatter(*emb[len(f_s) :].T, s=4, alpha=0.6, label="target", c="tab:red")
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(markerscale=3)
+    return _save(fig, path)
+
+
+def pad_bars(pads: dict[str, list[float]], path: str) -> str:
+    """Proxy A-distance per method (lower = domains less separable), mean ± std over seeds."""
+    import pandas as pd
+
+    plt, sns = _plt()
+    df = pd.DataFrame({"method": m, "proxy A-distance": v} for m, vals in pads.items() for v in vals)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(pads) + 2), 3.0))
+    sns.barplot(df, x="method", y="proxy A-distance", errorbar="sd", ax=ax, capsize=0.1, color="tab:gray")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", rotation=35)
+    return _save(fig, path)
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,84 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.collect import load_results, write_tables
+from benchmarks.run import SuiteError, load_suite, missing_jobs, parse
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "collector")
+GOLDEN = os.path.join(DATA, "expected")
+
+
+def test_collector_matches_golden_files(tmp_path):
+    results = load_results(os.path.join(DATA, "runs"))
+    assert len(results) == 12
+    paths = write_tables(
+        results,
+        "mnist_usps",
+        "Fixture suite",
+        str(tmp_path),
+        ["source_only", "dann", "coral"],
+        ["mnist_to_usps", "usps_to_mnist"],
+        published_path=os.path.join(DATA, "published.yaml"),
+    )
+    for path in paths:
+        name = os.path.basename(path)
+        expected = open(os.path.join(GOLDEN, name)).read()
+        assert open(path).read() == expected, name
+
+
+def test_collector_numbers_by_hand():
+    from benchmarks.collect import load_published, rows
+
+    published = load_published("mnist_usps", os.path.join(DATA, "published.yaml"))
+    long = {(r["method"], r["task"]): r for r in rows(load_results(os.path.join(DATA, "runs")), published)}
+    assert long[("source_only", "mnist_to_usps")]["mean"] == pytest.approx(81.0)
+    assert long[("source_only", "mnist_to_usps")]["std"] == pytest.approx(1.0)
+    assert long[("source_only", "avg")]["mean"] == pytest.approx((81.0 + 72.0) / 2)
+    assert long[("source_only", "avg")]["published"] == pytest.approx((82.1 + 74.6) / 2)
+    # paper_a lacks dann on U->M, so the average comes from the first reference with both tasks
+    assert long[("dann", "avg")]["published_ref"] == "paper_b"
+    assert long[("dann", "mnist_to_usps")]["published_ref"] == "paper_a"
+    assert long[("dann", "avg")]["seeds"] == 2  # U->M has two seeds: the average uses the seeds both tasks have
+    assert long[("coral", "avg")]["mean"] is None  # a task is missing: no average
+
+
+def test_suites_load_and_bad_options_fail():
+    suite = load_suite("digits")
+    assert len(suite.seeds) >= 3 and "dann" in suite.methods
+    for name in ("mnist_usps", "office31"):
+        assert len(load_suite(name).seeds) >= 3
+    with pytest.raises(SuiteError, match="valid suites"):
+        load_suite("nope")
+    with pytest.raises(SuiteError, match="unknown option"):
+        parse(["suite=digits", "foo=1"])
+
+
+def test_sweep_skips_finished_jobs_and_resumes(tmp_path):
+    suite_file = tmp_path / "tiny.yaml"
+    suite_file.write_text(
+        "name: tiny\ntitle: tiny\nseeds: [0]\n"
+        "tasks:\n  - {dataset: digits, source: fonts, target: sklearn}\n"
+        "methods: [source_only, dann]\n"
+        "overrides: [dataset.samples_per_class=12, trainer.epochs=1, trainer.steps_per_epoch=2, "
+        "trainer.batch_size=16, device=cpu]\n"
+    )
+    suite = load_suite(str(suite_file))
+    out = tmp_path / "out"
+    assert sum(len(m) for m in missing_jobs(suite, str(out)).values()) == 2
+    cmd = [sys.executable, "-m", "benchmarks.run", f"suite={suite_file}", f"out={out}", "stage=sweep"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "runs" / "fonts_to_sklearn" / "dann" / "seed0" / "results.json").is_file()
+    assert not missing_jobs(suite, str(out))
+    # an interrupted sweep: one job's results are gone; only that job runs again
+    os.remove(out / "runs" / "fonts_to_sklearn" / "source_only" / "seed0" / "results.json")
+    before = os.path.getmtime(out / "runs" / "fonts_to_sklearn" / "dann" / "seed0" / "results.json")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 jobs done, 1 to run" in proc.stdout
+    assert os.path.getmtime(out / "runs" / "fonts_to_sklearn" / "dann" / "seed0" / "results.json") == before
+    assert (out / "runs" / "fonts_to_sklearn" / "source_only" / "seed0" / "results.json").is_file()
