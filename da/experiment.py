@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
@@ -17,7 +18,8 @@ from da.config import check_top_level, to_dataclass
 from da.data import DATASETS, build_task
 from da.evaluate import accuracy, per_class_accuracy, predict
 from da.methods import METHODS
-from da.train import Trainer, TrainerConfig, seed_everything, select_device
+from da.train import TrainerConfig, seed_everything, select_device
+from da.validators import ValidatedTrainer, best_epochs, epoch_scores
 
 RESULT_KEYS = (
     "method",
@@ -107,7 +109,7 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
     method = method_cls(model, method_cfg, task.num_classes)
     signature = {k: v for k, v in resolved.items() if k != "trainer"}
     signature["trainer"] = {k: v for k, v in resolved["trainer"].items() if k not in ("epochs", "progress_bar")}
-    trainer = Trainer(trainer_cfg, method, task, run_dir, device, cfg.seed, signature)
+    trainer = ValidatedTrainer(trainer_cfg, method, task, run_dir, device, cfg.seed, signature)  # + label-free scores
     trainer.fit()
 
     tgt = predict(method, task.target_test, device, trainer_cfg.eval_batch_size)
@@ -127,7 +129,12 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
         "train_seconds": round(trainer.train_seconds, 3),
         "images_per_second": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
         "selection": "last",
-        "validators": {},
+        # label-free scores of the reported weights on the unlabelled target train split (da/validators.py)
+        "validators": {
+            k.removesuffix("_score"): v
+            for k, v in epoch_scores(method, task.target_train, device, trainer_cfg.eval_batch_size).items()
+        },
+        "validator_best_epoch": best_epochs(trainer.history),  # the epoch each validator would choose
         "versions": versions(),
         "git_commit": git_commit(),
         "config": resolved,
@@ -146,8 +153,42 @@ def summary(results: dict[str, Any], run_dir: str) -> str:
     return (
         f"{r['method']} on {r['dataset']} {r['source']}->{r['target']} ({r['backbone']}, seed {r['seed']}, "
         f"{r['epochs']} epochs, {r['train_seconds']:.0f}s): source acc {_pct(r['source_acc'])}, "
-        f"target acc {_pct(r['target_acc'])}\nrun folder: {run_dir}"
+        f"target acc {_pct(r['target_acc'])}{_baseline_note(r, run_dir)}\nrun folder: {run_dir}"
     )
+
+
+def find_baseline(results: dict[str, Any], run_dir: str) -> tuple[dict[str, Any], str] | None:
+    """The newest source_only results.json for the same task, backbone and seed near ``run_dir``: a sibling run
+    folder (a multirun sweep) or ``../../source_only/*`` (the default ``outputs/`` layout)."""
+    if results.get("method") == "source_only":
+        return None
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    candidates = glob.glob(os.path.join(parent, "*", "results.json"))
+    candidates += glob.glob(os.path.join(os.path.dirname(parent), "source_only", "*", "results.json"))
+    same = ("dataset", "source", "target", "backbone", "seed")
+    found = []
+    for path in set(candidates):
+        try:
+            with open(path) as fh:
+                other = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        comparable = all(other.get(k) == results.get(k) for k in same) and other.get("epochs") == results.get("epochs")
+        comparable = comparable and other.get("config", {}).get("dataset") == results["config"].get("dataset")
+        if other.get("method") == "source_only" and comparable:
+            found.append((os.path.getmtime(path), path, other))
+    if not found:
+        return None
+    _, path, other = max(found, key=lambda item: item[0])
+    return other, os.path.dirname(path)
+
+
+def _baseline_note(results: dict[str, Any], run_dir: str) -> str:
+    hit = find_baseline(results, run_dir)
+    if hit is None:
+        return ""
+    other, folder = hit
+    return f" (source_only, same task and seed: {_pct(other['target_acc'])}, {os.path.relpath(folder)})"
 
 
 def _pct(x: float | None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -9,3 +11,135 @@ import torch.nn.functional as F
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of (B, K) logits against (B,) labels, optionally label-smoothed."""
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
+# ---------------------------------------------------------------- transductive adaptation (issue 3)
+
+
+class _GradientReversal(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``-coeff`` backward (Ganin et al., arXiv 1505.07818)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
+        ctx.coeff = coeff
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.coeff * grad, None
+
+
+def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
+    """Gradient reversal layer (GRL): ``x`` unchanged, gradient scaled by ``-coeff``. arXiv 1505.07818."""
+    return _GradientReversal.apply(x, float(coeff))
+
+
+def grl_coefficient(progress: float, gamma: float = 10.0, high: float = 1.0) -> float:
+    """DANN's schedule λ_p = high · (2 / (1 + exp(−γ p)) − 1), from 0 at p=0 to ≈high at p=1. arXiv 1505.07818."""
+    return high * (2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0)
+
+
+def domain_adversarial(
+    d_s: torch.Tensor, d_t: torch.Tensor, w_s: torch.Tensor | None = None, w_t: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Domain classifier BCE on logits: source labelled 1, target 0; mean of the two domains. arXiv 1505.07818.
+
+    ``d_s`` (B_s,) / ``d_t`` (B_t,) are discriminator logits; optional per-sample weights (CDAN's entropy
+    conditioning) multiply each sample's loss.
+    """
+    loss_s = F.binary_cross_entropy_with_logits(d_s, torch.ones_like(d_s), weight=w_s)
+    loss_t = F.binary_cross_entropy_with_logits(d_t, torch.zeros_like(d_t), weight=w_t)
+    return 0.5 * (loss_s + loss_t)
+
+
+def _covariance(f: torch.Tensor) -> torch.Tensor:
+    """Unbiased covariance (D, D) of (B, D) features; zero for a batch of one."""
+    centred = f - f.mean(0, keepdim=True)  # (B, D)
+    return centred.T @ centred / max(f.shape[0] - 1, 1)
+
+
+def coral(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+    """Deep CORAL: ‖C_s − C_t‖²_F / (4 d²) between feature covariances. Sun & Saenko, arXiv 1607.01719."""
+    d = f_s.shape[1]
+    diff = _covariance(f_s.float()) - _covariance(f_t.float())  # (D, D)
+    return (diff * diff).sum() / (4 * d * d)
+
+
+def mk_mmd(
+    f_s: torch.Tensor,
+    f_t: torch.Tensor,
+    alphas: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0),
+    bandwidth: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Multi-kernel MMD² (unbiased within-domain terms) with Gaussian kernels. DAN, Long et al., arXiv 1502.02791.
+
+    k(a, b) = mean_i exp(−‖a − b‖² / (2 α_i σ²)), σ² = ``bandwidth`` or the mean squared distance over the
+    joint batch (detached; TLlib's ``GaussianKernel``). Within-domain sums skip the diagonal (Gretton et al.
+    2012's unbiased estimate) when a domain has at least two samples.
+    """
+    f_s, f_t = f_s.float(), f_t.float()
+    f = torch.cat([f_s, f_t])  # (B_s + B_t, D)
+    dist = torch.cdist(f, f).pow(2)  # (N, N)
+    sigma2 = dist.detach().mean() if bandwidth is None else torch.as_tensor(bandwidth, dtype=f.dtype)
+    sigma2 = sigma2.clamp_min(1e-12)
+    a = torch.as_tensor(alphas, dtype=f.dtype, device=f.device).view(-1, 1, 1)  # (M, 1, 1)
+    k = torch.exp(-dist.unsqueeze(0) / (2 * a * sigma2)).mean(0)  # (N, N)
+    n_s = f_s.shape[0]
+    k_ss, k_tt, k_st = k[:n_s, :n_s], k[n_s:, n_s:], k[:n_s, n_s:]
+
+    def within(kk: torch.Tensor) -> torch.Tensor:
+        n = kk.shape[0]
+        if n < 2:
+            return kk.mean()
+        return (kk.sum() - kk.diagonal().sum()) / (n * (n - 1))
+
+    return within(k_ss) + within(k_tt) - 2 * k_st.mean()
+
+
+def entropy(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Shannon entropy of softmax(logits) per row (B,), or its mean. Grandvalet & Bengio, NeurIPS 2004."""
+    h = -(F.softmax(logits, dim=1) * F.log_softmax(logits, dim=1)).sum(1)  # (B,)
+    return h.mean() if reduction == "mean" else h
+
+
+def entropy_weights(logits: torch.Tensor) -> torch.Tensor:
+    """CDAN's entropy conditioning: w = 1 + exp(−H(p)), normalised to mean 1 over the batch (B,), detached.
+
+    Long et al., arXiv 1705.10667, Sec. 3.3 (normalisation as in TLlib's ``ConditionalDomainAdversarialLoss``).
+    """
+    w = 1.0 + torch.exp(-entropy(logits.detach().float(), reduction="none"))  # (B,)
+    return w * len(w) / w.sum()
+
+
+def multilinear_map(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """CDAN's multilinear conditioning f ⊗ g, flattened: (B, D), (B, K) -> (B, K·D). arXiv 1705.10667."""
+    return torch.bmm(g.unsqueeze(2), f.unsqueeze(1)).flatten(1)  # (B, K, D) -> (B, K*D)
+
+
+def randomized_multilinear_map(f: torch.Tensor, g: torch.Tensor, r_f: torch.Tensor, r_g: torch.Tensor) -> torch.Tensor:
+    """CDAN's randomized map (R_f f) ⊙ (R_g g) / √d with fixed random (D, d), (K, d) matrices. arXiv 1705.10667."""
+    return (f @ r_f) * (g @ r_g) / math.sqrt(r_f.shape[1])  # (B, d)
+
+
+def mcc(logits_t: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
+    """Minimum Class Confusion: entropy-weighted class confusion off the diagonal. Jin et al., arXiv 1912.03699.
+
+    As in the reference code (thuml/Versatile-Domain-Adaptation, TLlib ``MinimumClassConfusionLoss``):
+    p = softmax(z/T) (B, K); w = 1 + exp(−H(p)) normalised to sum B; C = (p·w)ᵀ p (K, K), each column scaled by
+    its class total (C is symmetric); loss = (ΣC − tr C) / K.
+    """
+    z = logits_t.float() / temperature
+    p = F.softmax(z, dim=1)  # (B, K)
+    h = -(p * F.log_softmax(z, dim=1)).sum(1).detach()  # (B,) entropy
+    w = 1.0 + torch.exp(-h)
+    w = (len(w) * w / w.sum()).unsqueeze(1)  # (B, 1)
+    conf = (p * w).T @ p  # (K, K)
+    conf = conf / conf.sum(dim=1)
+    k = conf.shape[0]
+    return (conf.sum() - conf.trace()) / k
+
+
+def bnm(logits_t: torch.Tensor) -> torch.Tensor:
+    """Batch Nuclear-norm Maximization: −‖softmax(z)‖_* / B. Cui et al., arXiv 2003.12237, Eq. 9."""
+    p = F.softmax(logits_t.float(), dim=1)  # (B, K)
+    return -torch.linalg.matrix_norm(p, ord="nuc") / p.shape[0]

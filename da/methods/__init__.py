@@ -1,6 +1,14 @@
 """Method registry: one file per method, imported here in one line each so it registers by name."""
 
-from da.methods import source_only  # noqa: F401
+from da.methods import (
+    bnm,  # noqa: F401
+    cdan,  # noqa: F401
+    coral,  # noqa: F401
+    dan,  # noqa: F401
+    dann,  # noqa: F401
+    mcc,  # noqa: F401
+    source_only,  # noqa: F401
+)
 from da.methods.base import METHODS, Method, MethodConfig
 
 __all__ = ["METHODS", "Method", "MethodConfig"]
