@@ -72,17 +72,17 @@ def load_mnist(data_root: str, train: bool, download: bool) -> tuple[torch.Tenso
     if os.path.isdir(raw):
         _gunzip_missing(raw)
     where = f"put {', '.join(f + '.gz' for f in MNIST_FILES)} (from {MNIST_URL}; gzipped or not) in {raw}/"
+    if not all(os.path.isfile(os.path.join(raw, f)) for f in MNIST_FILES):
+        if not download:
+            raise DataError(f"MNIST not found and dataset.download is off: {where}")
+        try:
+            MNIST(data_root, train=train, download=True)
+        except Exception as err:  # no network, a dead mirror, a bad checksum
+            raise DataError(f"MNIST not found and the download failed ({_reason(err)}): {where}") from err
     try:
         ds = MNIST(data_root, train=train, download=False)
-    except RuntimeError as err:
-        if not download:
-            raise DataError(f"MNIST not found and dataset.download is off: {where}") from err
-        try:
-            ds = MNIST(data_root, train=train, download=True)
-        except Exception as err2:  # no network, a dead mirror, a bad checksum
-            raise DataError(f"MNIST not found and the download failed ({_reason(err2)}): {where}") from err2
-    except (ValueError, OSError) as err:
-        raise DataError(f"cannot read MNIST from {raw} ({one_line(err)}): {where}") from err
+    except Exception as err:  # a truncated or foreign file
+        raise DataError(f"cannot read MNIST from {raw} ({_reason(err)}): delete the bad file; {where}") from err
     return ds.data, ds.targets
 
 

@@ -38,7 +38,7 @@ class Office31Config:
     crop: int = 224
     download: bool = True  # try dataset.url when the images are not under <data_root>/office31
     url: str | None = "https://drive.google.com/uc?id=0B4IapRTv9pJ1WGZVd1VDMmhwdlE"  # the authors' archive
-    md5: str | None = "1b536d114869a5a8aa4580b89e9758fb"  # of domain_adaptation_images.tar.gz
+    md5: str | None = "1b536d114869a5a8aa4580b89e9758fb"  # of the archive, as DeepMind's dm_nevis lists it
 
     def __post_init__(self) -> None:
         for key in ("source", "target"):
@@ -71,7 +71,10 @@ def md5sum(path: str) -> str:
 
 def extract(archive: str, base: str, md5: str | None) -> None:
     if md5 and md5sum(archive) != md5:
-        raise DataError(f"{archive} does not match its md5 {md5} (a partial or different download): delete it")
+        raise DataError(
+            f"{archive} does not match md5 {md5} (a partial or different download): delete it and download it "
+            "again, or set dataset.md5=null to skip the check"
+        )
     try:
         with tarfile.open(archive) as tar:
             if hasattr(tarfile, "data_filter"):
