@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean paper benchmark-digits
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ lint: install
 
 test: lint
 	$(PY) -m pytest
+
+paper: install
+	$(PY) paper/build.py
+
+benchmark-digits: install
+	$(PY) -m benchmarks.run suite=digits
 
 format: install
 	$(PY) -m ruff format .
