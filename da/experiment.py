@@ -18,6 +18,7 @@ from da.config import check_top_level, to_dataclass
 from da.data import DATASETS, build_task
 from da.evaluate import accuracy, per_class_accuracy, predict
 from da.methods import METHODS
+from da.stages import load_model, resolve_init
 from da.train import TrainerConfig, seed_everything, select_device
 from da.validators import ValidatedTrainer, best_epochs, epoch_scores
 
@@ -102,10 +103,13 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
     with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
         fh.write(OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
+    init_path = resolve_init(cfg, method_cls, run_dir, quiet)  # init=source trains <run_dir>/source_stage first
     seed_everything(cfg.seed)
     data_root = os.path.expanduser(str(cfg.data_root))
     task = build_task(dataset_cfg, cfg.seed, data_root)
+    task = method_cls.prepare_task(task, method_cfg, cfg.seed)  # inductive: the labelled target budget
     model = build_model(backbone_cfg, task.num_classes, task.in_channels, task.image_size)
+    load_model(model, init_path)  # the whole model from the init checkpoint, if any
     method = method_cls(model, method_cfg, task.num_classes)
     signature = {k: v for k, v in resolved.items() if k != "trainer"}
     signature["trainer"] = {k: v for k, v in resolved["trainer"].items() if k not in ("epochs", "progress_bar")}
@@ -128,7 +132,7 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
         "steps": trainer.step,
         "train_seconds": round(trainer.train_seconds, 3),
         "images_per_second": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
-        "selection": "last",
+        "selection": trainer.selection,
         # label-free scores of the reported weights on the unlabelled target train split (da/validators.py)
         "validators": {
             k.removesuffix("_score"): v
@@ -141,6 +145,9 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
     }
     results["device"] = device.type
     results["skipped_files"] = task.skipped_files
+    results["init"] = init_path
+    if "budget" in task.notes:  # inductive: sizes of the labelled train / val splits and of the test set
+        results["budget"] = task.notes["budget"]
     with open(os.path.join(run_dir, "results.json"), "w") as fh:
         json.dump(results, fh, indent=2)
     if not quiet:

@@ -143,3 +143,71 @@ def bnm(logits_t: torch.Tensor) -> torch.Tensor:
     """Batch Nuclear-norm Maximization: −‖softmax(z)‖_* / B. Cui et al., arXiv 2003.12237, Eq. 9."""
     p = F.softmax(logits_t.float(), dim=1)  # (B, K)
     return -torch.linalg.matrix_norm(p, ord="nuc") / p.shape[0]
+
+
+# ---------------------------------------------------------------- unsupervised transfer (issue 5)
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (B, K) logits over the rows whose pseudo-label (B,) is not −1; 0 when none is kept.
+
+    Pseudo-labelling, Lee, ICML-W 2013; class-balanced self-training, Zou et al., arXiv 1810.07911.
+    """
+    kept = labels >= 0  # (B,)
+    if not kept.any():
+        return logits.sum() * 0.0  # keeps the graph (and the device) for a batch without any pseudo-label
+    return F.cross_entropy(logits[kept], labels[kept])
+
+
+def fixmatch(logits_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float = 0.95) -> torch.Tensor:
+    """FixMatch consistency: CE of the strong view against the weak view's hard label, only where the weak
+    view's confidence ≥ ``threshold``; averaged over the whole batch (B,). Sohn et al., arXiv 2001.07685, Eq. 4.
+
+    The weak view's logits are detached: they give the target, not a gradient.
+    """
+    probs = F.softmax(logits_weak.detach().float(), dim=1)  # (B, K)
+    confidence, pseudo = probs.max(1)  # (B,), (B,)
+    mask = (confidence >= threshold).to(logits_strong.dtype)  # (B,)
+    return (F.cross_entropy(logits_strong, pseudo, reduction="none") * mask).mean()
+
+
+def information_maximization(logits: torch.Tensor, epsilon: float = 1e-5) -> torch.Tensor:
+    """SHOT's IM loss: mean per-sample entropy − entropy of the batch-mean prediction (diversity).
+
+    Liang et al., arXiv 2002.08546, Eq. 2-3 (``epsilon`` inside the log as in tim-learn/SHOT).
+    """
+    p = F.softmax(logits.float(), dim=1)  # (B, K)
+    mean_p = p.mean(0)  # (K,)
+    diversity = -(mean_p * torch.log(mean_p + epsilon)).sum()
+    return entropy(logits.float()) - diversity
+
+
+# ---------------------------------------------------------------- inductive transfer (issue 4)
+
+
+def l2_sp(
+    pretrained: list[torch.Tensor],
+    anchors: list[torch.Tensor],
+    new: list[torch.Tensor],
+    alpha: float,
+    beta: float,
+) -> torch.Tensor:
+    """L2-SP: α/2·Σ||w − w0||² over the pretrained weights + β/2·Σ||w||² over the new layers' weights.
+
+    Li, Grandvalet & Davoine, "Explicit inductive bias for transfer learning with convolutional networks",
+    ICML 2018, arXiv 1802.01483: the starting point (``anchors`` = w0, the pretrained values) is the
+    reference, not zero. ``pretrained`` and ``anchors`` pair up tensor by tensor.
+    """
+    if len(pretrained) != len(anchors):
+        raise ValueError(f"{len(pretrained)} pretrained tensors but {len(anchors)} anchors")
+    zero = torch.zeros((), device=(pretrained or new or [torch.zeros(())])[0].device)
+    sp = sum(((w - w0.detach()) ** 2).sum() for w, w0 in zip(pretrained, anchors)) if pretrained else zero
+    l2 = sum((w**2).sum() for w in new) if new else zero
+    return 0.5 * alpha * sp + 0.5 * beta * l2
+
+
+def l1_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """Σ|w| over ``params`` (the L1 penalty; Tibshirani's lasso applied to network weights)."""
+    if not params:
+        return torch.zeros(())
+    return sum(w.abs().sum() for w in params)

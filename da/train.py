@@ -129,6 +129,8 @@ class Trainer:
         self.train_seconds = 0.0
         self.images_seen = 0
         self.history: list[dict[str, float]] = []
+        self.best: dict | None = None  # early stopping on task.val: {"epoch", "val_acc", "method" (state)}
+        self.stopped = False  # early stopping ended the run before cfg.epochs
         self.checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
         self.log_path = os.path.join(run_dir, "log.csv")
 
@@ -143,6 +145,8 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
             "history": self.history,
+            "best": self.best,
+            "stopped": self.stopped,
             "signature": self.signature,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -174,6 +178,7 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
         self.history = state["history"]
+        self.best, self.stopped = state.get("best"), state.get("stopped", False)
         torch.set_rng_state(state["rng"]["torch"].cpu())
         np.random.set_state(state["rng"]["numpy"])  # noqa: NPY002
         random.setstate(state["rng"]["python"])
@@ -274,10 +279,12 @@ class Trainer:
             )
             if resumed:
                 bar.write(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
-        while self.epoch < self.cfg.epochs:
+        while self.epoch < self.cfg.epochs and not self.stopped:
             row = self.train_epoch(bar)
             self.epoch += 1
             metrics = self.evaluate()  # logged for curves only; never used to choose a checkpoint
+            if self.task.val is not None:
+                metrics.update(self.early_stopping())
             self.history.append(
                 {
                     "epoch": self.epoch,
@@ -295,7 +302,29 @@ class Trainer:
                 )
         if bar is not None:
             bar.close()
+        if self.best is not None:  # report the best validation epoch, not the last
+            self.method.load_state_dict(self.best["method"])
         return self.history
+
+    @property
+    def selection(self) -> str:
+        """How the reported weights were chosen (results.json ``selection``)."""
+        return "last" if self.best is None else f"val_acc (best epoch {self.best['epoch']})"
+
+    def early_stopping(self) -> dict[str, float]:
+        """Accuracy and loss on the labelled validation split (part of an inductive task's label budget): keeps
+        the best weights (higher accuracy, ties broken by lower loss, as a few validation images tie often) and
+        sets ``stopped`` after ``method.patience`` epochs without improvement."""
+        val = predict(self.method, self.task.val, self.device, self.cfg.eval_batch_size)
+        val_acc = accuracy(val.logits, val.labels)
+        val_loss = torch.nn.functional.cross_entropy(val.logits, val.labels).item()
+        best = self.best
+        if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
+            state = {k: v.detach().cpu().clone() for k, v in self.method.state_dict().items()}
+            self.best = {"epoch": self.epoch, "val_acc": val_acc, "val_loss": val_loss, "method": state}
+        patience = self.method.patience
+        self.stopped = patience is not None and self.epoch - self.best["epoch"] >= patience
+        return {"val_acc": val_acc, "val_loss": val_loss}
 
     def write_log(self) -> None:
         keys: list[str] = []

@@ -69,6 +69,9 @@ class Task:
     target_train_labels: torch.Tensor | None = None
     skipped_files: int = 0
     notes: dict[str, object] = field(default_factory=dict)
+    #: Labelled validation split carved from the labelled target budget (inductive tasks only): the trainer
+    #: early-stops on it and reports the best epoch. Transductive tasks leave it None.
+    val: Dataset | None = None
 
     @property
     def num_classes(self) -> int:

@@ -6,7 +6,11 @@ from da.methods import (
     coral,  # noqa: F401
     dan,  # noqa: F401
     dann,  # noqa: F401
+    finetune,  # noqa: F401
+    fixmatch,  # noqa: F401
     mcc,  # noqa: F401
+    self_training,  # noqa: F401
+    shot,  # noqa: F401
     source_only,  # noqa: F401
 )
 from da.methods.base import METHODS, Method, MethodConfig

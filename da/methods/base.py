@@ -12,7 +12,7 @@ from da.backbones import ImageClassifier
 from da.registry import Registry
 
 if TYPE_CHECKING:
-    from da.data.base import Unlabelled
+    from da.data.base import Task, Unlabelled
     from da.evaluate import Predictions
 
 
@@ -41,11 +41,20 @@ class Method(nn.Module):
     #: analysis only, their accuracy against the held-out target labels, which the method never sees.
     pseudo_labels: torch.Tensor | None = None
 
+    #: Early stopping on the task's labelled validation split (``Task.val``, inductive tasks only): stop after
+    #: this many epochs without improvement and restore the best weights. None: no early stopping.
+    patience: int | None = None
+
     def __init__(self, model: ImageClassifier, cfg: MethodConfig, num_classes: int) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.num_classes = num_classes
+
+    @classmethod
+    def prepare_task(cls, task: Task, cfg: MethodConfig, seed: int) -> Task:
+        """Reshape the task before training (an inductive method draws its labelled target budget here)."""
+        return task
 
     def training_step(
         self,
