@@ -78,7 +78,8 @@ def epoch_scores(method, dataset, device: torch.device, batch_size: int) -> dict
 
     if dataset is None or len(dataset) == 0:
         return {}
-    logits_t = predict(method, dataset, device, batch_size).logits  # (N, K)
+    with torch.random.fork_rng(devices=[]):  # a DataLoader draws a seed: keep training's random stream untouched
+        logits_t = predict(method, dataset, device, batch_size).logits  # (N, K)
     return {f"{k}_score": v for k, v in score(logits_t).items()}
 
 

@@ -11,6 +11,7 @@ import pytest
 from da.config import compose
 
 TINY = [
+    "method=source_only",  # the tests' baseline; the CLI default is dann (a later method=... overrides it)
     "dataset.samples_per_class=12",
     "trainer.epochs=2",
     "trainer.steps_per_epoch=4",

@@ -70,8 +70,18 @@ def test_scores_never_see_target_labels():
     assert before == after and set(before) == {"im_score", "snd_score", "entropy_score"}
 
 
-def test_run_reports_validators_per_epoch_and_at_the_end(tmp_path):
-    results = fit(tiny_cfg("method=dann"), run_dir=str(tmp_path), quiet=True)
+def test_default_method_is_dann():
+    from da.config import compose
+
+    assert compose([]).method.name == "dann"
+
+
+def test_run_reports_validators_per_epoch_and_at_the_end(tmp_path, capsys):
+    baseline = fit(tiny_cfg(), run_dir=str(tmp_path / "0_source_only"), quiet=True)
+    capsys.readouterr()
+    results = fit(tiny_cfg("method=dann"), run_dir=str(tmp_path / "1_dann"))
+    assert f"(source_only, same task and seed: {100 * baseline['target_acc']:.1f}%" in capsys.readouterr().out
+    tmp_path = tmp_path / "1_dann"
     assert set(results["validators"]) == {"im", "snd", "entropy"}
     assert all(math.isfinite(v) for v in results["validators"].values())
     assert results["selection"] == "last"
@@ -96,3 +106,20 @@ def test_summary_prints_the_source_only_figure_of_the_same_task_and_seed(tmp_pat
     assert "source_only, same task and seed: 60.0%" in summary(run, str(tmp_path / "2_dann"))
     assert find_baseline({**run, "seed": 2}, str(tmp_path / "2_dann")) is None
     assert find_baseline({**run, "epochs": 5}, str(tmp_path / "2_dann")) is None
+    # the default outputs/ layout: <task>/source_only/seed0_<time> beside <task>/dann/seed0_<time>
+    os.makedirs(tmp_path / "task" / "source_only" / "seed0_1")
+    (tmp_path / "task" / "source_only" / "seed0_1" / "results.json").write_text(
+        json.dumps({**base, "method": "source_only", "target_acc": 0.55})
+    )
+    assert find_baseline(run, str(tmp_path / "task" / "dann" / "seed0_2"))[0]["target_acc"] == 0.55
+
+
+def test_logging_validators_does_not_change_training(tmp_path, monkeypatch):
+    cfg = tiny_cfg("method=dann", "trainer.epochs=2")
+    logged = fit(cfg, run_dir=str(tmp_path / "a"), quiet=True)
+    monkeypatch.setattr(validators.ValidatedTrainer, "evaluate", validators.Trainer.evaluate)
+    plain = fit(cfg, run_dir=str(tmp_path / "b"), quiet=True)
+    assert logged["target_acc"] == plain["target_acc"]
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["method"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["method"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
