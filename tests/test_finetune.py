@@ -238,3 +238,38 @@ def test_imagenet_weights_load_offline_from_torch_home(tmp_path, monkeypatch):
     loaded = backbone.net.state_dict()
     assert dim == 512 and set(loaded) == {k for k in state if not k.startswith("fc.")}
     assert all(torch.equal(loaded[k], state[k]) for k in loaded)
+
+
+def test_finetune_on_a_two_class_folder_tree(tmp_path):
+    from PIL import Image
+
+    for k, (name, colour) in enumerate((("cats", (200, 80, 60)), ("dogs", (60, 90, 200)))):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(8):
+            noise = torch.randint(0, 40, (30, 40, 3), generator=torch.Generator().manual_seed(10 * k + i))
+            pixels = (torch.tensor(colour) + noise).clamp(0, 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "pets" / name / f"{i}.jpg")
+    cfg = compose(
+        [
+            *FT,
+            "trainer.epochs=2",
+            "trainer.progress_bar=false",
+            "device=cpu",
+            "dataset=folder",
+            f"dataset.root={tmp_path / 'pets'}",
+            "dataset.layout=classes",
+            "dataset.resize=36",
+            "dataset.crop=32",
+            "backbone=lenet",
+            "method.labels_per_class=3",
+            "method.val_fraction=0.34",
+            "method.augment=[flip,color]",
+        ]
+    )
+    results = fit(cfg, run_dir=str(tmp_path / "run"), quiet=True)
+    assert results["budget"]["train"] == 4 and results["budget"]["val"] == 2 and results["budget"]["test"] == 10
+    assert results["selection"].startswith("val_acc (best epoch") and 0 <= results["target_acc"] <= 1
+    dataset = to_dataclass(cfg.dataset, DATASETS.get("folder").config, "dataset")
+    budget = Finetune.prepare_task(build_task(dataset, 0, ""), to_dataclass(cfg.method, FinetuneConfig, "m"), 0)
+    assert not budget.val.dataset.transform.train  # validation images get the test split's centre crop
+    assert budget.source_train.base.dataset.transform.train  # training images keep the random crop
