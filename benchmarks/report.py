@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 from collections import defaultdict
 
 from benchmarks.collect import load_results, write_tables
@@ -33,18 +35,32 @@ def figures(suite: Suite, results: list[dict], folder: str) -> list[str]:
         if f"{r['source']}_to_{r['target']}" == first_task:
             dirs[r["method"]].append(r["_dir"])
     written.append(plots.training_curves({m: dirs[m] for m in order if m in dirs}, os.path.join(folder, "curves.png")))
-    # proxy A-distance per method, and t-SNE before/after adaptation, on the first task
+    # proxy A-distance per method and t-SNE before/after adaptation, on the first task. Both need the runs'
+    # checkpoints (not committed); what they computed is cached (analysis.json per run, tsne_points.csv) so the
+    # figures can be redrawn from a clone that has only the small files.
     pads: dict[str, list[float]] = {}
-    features = {}
+    features: dict[str, tuple] = {}
     tasks: dict = {}
+    want_tsne = [m for m in (suite.figures.get("before"), suite.figures.get("after")) if m]
     for m in order:
-        for d in dirs.get(m, []):
+        for d in sorted(dirs.get(m, [])):
+            cached = _load_json(os.path.join(d, "analysis.json"))
+            need_features = m in want_tsne and m not in features
+            if "proxy_a_distance" in cached and not need_features:
+                pads.setdefault(m, []).append(cached["proxy_a_distance"])
+                continue
+            if not os.path.isfile(os.path.join(d, "checkpoint.pt")):
+                if "proxy_a_distance" in cached:
+                    pads.setdefault(m, []).append(cached["proxy_a_distance"])
+                continue
             method, task = plots.restore(d, tasks=tasks)
-            if not method.uses_source:  # a source-free method's run never read source data; don't start here
+            if not method.uses_source:  # a source-free run never read source data; its analysis doesn't either
                 continue
             f_s, f_t = plots.domain_features(method, task)
-            pads.setdefault(m, []).append(plots.proxy_a_distance(f_s, f_t))
-            if m in (suite.figures.get("before"), suite.figures.get("after")) and m not in features:
+            pad = plots.proxy_a_distance(f_s, f_t)
+            _dump_json(os.path.join(d, "analysis.json"), {**cached, "proxy_a_distance": pad})
+            pads.setdefault(m, []).append(pad)
+            if need_features:
                 features[m] = (f_s, f_t)
     if pads:
         written.append(plots.pad_bars(pads, os.path.join(folder, "proxy_a_distance.png")))
@@ -52,15 +68,27 @@ def figures(suite: Suite, results: list[dict], folder: str) -> list[str]:
         with open(path, "w") as fh:
             fh.write("method,seeds,mean,std\n")
             for m, vals in pads.items():
-                import statistics
-
                 sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
                 fh.write(f"{m},{len(vals)},{statistics.mean(vals):.3f},{sd:.3f}\n")
         written.append(path)
-    panels = {
-        f"before adaptation ({m})" if m == suite.figures.get("before") else f"after adaptation ({m})": f
-        for m, f in features.items()
-    }
-    if panels:
-        written.append(plots.tsne_panels(panels, os.path.join(folder, "tsne.png")))
+    points = os.path.join(folder, "tsne_points.csv")
+    if len(features) == len(want_tsne) and features:
+        titles = {m: f"{'before' if m == suite.figures.get('before') else 'after'} adaptation ({m})" for m in features}
+        written += plots.tsne_panels(
+            {titles[m]: f for m, f in features.items()}, os.path.join(folder, "tsne.png"), points_csv=points
+        )
+    elif os.path.isfile(points):
+        written.append(plots.tsne_from_points(points, os.path.join(folder, "tsne.png")))
     return written
+
+
+def _load_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _dump_json(path: str, data: dict) -> None:
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=2)

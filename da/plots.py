@@ -119,21 +119,54 @@ def training_curves(run_dirs: dict[str, list[str]], path: str, metric: str = "ta
     return _save(fig, path)
 
 
-def tsne_panels(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str, seed: int = 0, n: int = 400) -> str:
-    """One t-SNE panel per entry (e.g. before / after adaptation), source and target points coloured by domain."""
+def tsne_panels(
+    panels: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: str,
+    seed: int = 0,
+    n: int = 400,
+    points_csv: str | None = None,
+) -> list[str]:
+    """One t-SNE panel per entry (e.g. before / after adaptation), source and target points coloured by domain.
+
+    The 2-D points are also written to ``points_csv`` (panel, domain, x, y) so the figure can be redrawn
+    without the features (:func:`tsne_from_points`).
+    """
+    import pandas as pd
     from sklearn.manifold import TSNE
 
-    plt, _ = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
     rng = np.random.default_rng(seed)
-    for ax, (title, (f_s, f_t)) in zip(axes[0], panels.items()):
+    frames = []
+    for title, (f_s, f_t) in panels.items():
         f_s = f_s[rng.permutation(len(f_s))[:n]]
         f_t = f_t[rng.permutation(len(f_t))[:n]]
         emb = TSNE(n_components=2, init="pca", random_state=seed, perplexity=30).fit_transform(
             np.concatenate([f_s, f_t])
         )
-        ax.scatter(*emb[: len(f_s)].T, s=4, alpha=0.6, label="source", c="tab:blue")
-        ax.scatter(*emb[len(f_s) :].T, s=4, alpha=0.6, label="target", c="tab:red")
+        domain = ["source"] * len(f_s) + ["target"] * len(f_t)
+        frames.append(pd.DataFrame({"panel": title, "domain": domain, "x": emb[:, 0], "y": emb[:, 1]}))
+    points = pd.concat(frames)
+    written = []
+    if points_csv:
+        os.makedirs(os.path.dirname(points_csv) or ".", exist_ok=True)
+        points.to_csv(points_csv, index=False, float_format="%.4f")
+        written.append(points_csv)
+    return [*written, _draw_tsne(points, path)]
+
+
+def tsne_from_points(points_csv: str, path: str) -> str:
+    import pandas as pd
+
+    return _draw_tsne(pd.read_csv(points_csv), path)
+
+
+def _draw_tsne(points, path: str) -> str:
+    plt, _ = _plt()
+    titles = list(dict.fromkeys(points["panel"]))
+    fig, axes = plt.subplots(1, len(titles), figsize=(4.2 * len(titles), 4.0), squeeze=False)
+    for ax, title in zip(axes[0], titles):
+        for domain, colour in (("source", "tab:blue"), ("target", "tab:red")):
+            sel = points[(points["panel"] == title) & (points["domain"] == domain)]
+            ax.scatter(sel["x"], sel["y"], s=4, alpha=0.6, label=domain, c=colour)
         ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])
