@@ -88,7 +88,7 @@ def resolve_init(cfg: DictConfig, method_cls: type, run_dir: str, quiet: bool = 
     """The checkpoint file a run starts from (training the source stage first when asked), or None."""
     init = cfg.get("init")
     if init is None:
-        init = getattr(method_cls, "default_init", None)
+        init = method_cls.default_init
     if init is None or init == "scratch":
         return None
     init = str(init)

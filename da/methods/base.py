@@ -36,6 +36,7 @@ class Method(nn.Module):
     kind: ClassVar[str] = "transductive"  # or "inductive" / "unsupervised"
     uses_source: ClassVar[bool] = True  # False: the trainer builds no source loader and passes batch_s=None
     uses_target: ClassVar[bool] = True  # False: no target loader, batch_t=None
+    default_init: ClassVar[str | None] = None  # the starting model when `init` is null (e.g. "source"; da/stages.py)
 
     #: Optional per-target-sample pseudo-labels (N,), -1 where none; the trainer logs their coverage and, for
     #: analysis only, their accuracy against the held-out target labels, which the method never sees.
