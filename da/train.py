@@ -297,9 +297,8 @@ class Trainer:
             self.write_log()
             self.save_checkpoint()
             if bar is not None:
-                bar.set_postfix(
-                    loss=f"{row['loss']:.3f}", src=f"{metrics['source_acc']:.3f}", tgt=f"{metrics['target_acc']:.3f}"
-                )
+                shown = {"src": metrics.get("source_acc"), "tgt": metrics.get("target_acc")}  # no src: source-free
+                bar.set_postfix(loss=f"{row['loss']:.3f}", **{k: f"{v:.3f}" for k, v in shown.items() if v is not None})
         if bar is not None:
             bar.close()
         if self.best is not None:  # report the best validation epoch, not the last

@@ -197,3 +197,13 @@ def test_self_training_methods_run_and_log_pseudo_labels(tmp_path, method, shot_
     assert "pl_coverage" in header
     coverage = float(rows[-1].split(",")[header.split(",").index("pl_coverage")])
     assert coverage > 0  # threshold 0: some targets are pseudo-labelled
+
+
+def test_source_free_run_with_the_progress_bar(tmp_path):
+    """The progress bar shows no source accuracy for a source-free method (there is none) instead of failing."""
+    from da.experiment import fit
+
+    from .conftest import tiny_cfg
+
+    result = fit(tiny_cfg("method=shot", "trainer.progress_bar=true", "trainer.epochs=1"), str(tmp_path), quiet=True)
+    assert result["source_acc"] is None and 0.0 <= result["target_acc"] <= 1.0
