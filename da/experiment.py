@@ -17,7 +17,7 @@ from da.backbones import BackboneConfig, build_model
 from da.config import check_top_level, to_dataclass
 from da.data import DATASETS, build_task
 from da.evaluate import accuracy, per_class_accuracy, predict
-from da.methods import METHODS
+from da.methods import METHODS, Method, MethodConfig
 from da.stages import load_model, resolve_init
 from da.train import TrainerConfig, seed_everything, select_device
 from da.validators import ValidatedTrainer, best_epochs, epoch_scores
@@ -83,6 +83,15 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def typed_configs(cfg: DictConfig) -> tuple[type[Method], MethodConfig, Any, BackboneConfig]:
+    """The method class and the typed method, dataset and backbone sections of ``cfg`` (unknown keys fail)."""
+    method_cls = METHODS.get(cfg.method.name)
+    method_cfg = to_dataclass(cfg.method, method_cls.Config, "method")
+    dataset_cfg = to_dataclass(cfg.dataset, DATASETS.get(cfg.dataset.name).config, "dataset")
+    backbone_cfg = to_dataclass(cfg.backbone, BackboneConfig, "backbone")
+    return method_cls, method_cfg, dataset_cfg, backbone_cfg
+
+
 def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dict[str, Any]:
     """Train and evaluate the experiment ``cfg`` describes; write the run folder; return results.json's content.
 
@@ -90,10 +99,7 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
     ``run_dir`` holding a checkpoint of the same config resumes from it.
     """
     check_top_level(cfg)
-    method_cls = METHODS.get(cfg.method.name)
-    method_cfg = to_dataclass(cfg.method, method_cls.Config, "method")
-    dataset_cfg = to_dataclass(cfg.dataset, DATASETS.get(cfg.dataset.name).config, "dataset")
-    backbone_cfg = to_dataclass(cfg.backbone, BackboneConfig, "backbone")
+    method_cls, method_cfg, dataset_cfg, backbone_cfg = typed_configs(cfg)
     trainer_cfg = to_dataclass(cfg.trainer, TrainerConfig, "trainer")
     device = select_device(str(cfg.device))
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from da.backbones import BackboneConfig, build_model
-from da.config import to_dataclass
-from da.data import DATASETS, build_task
+from da.backbones import build_model
+from da.data import build_task
 from da.data.base import Task
 from da.evaluate import predict
-from da.methods import METHODS, Method
+from da.experiment import typed_configs
+from da.methods import Method
 
 
 def _plt():
@@ -35,10 +35,7 @@ def restore(run_dir: str, device: str = "cpu", tasks: dict | None = None) -> tup
     ``tasks`` caches built tasks across calls, keyed by (dataset config, seed): runs of one task share it.
     """
     cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
-    method_cls = METHODS.get(cfg.method.name)
-    method_cfg = to_dataclass(cfg.method, method_cls.Config, "method")
-    dataset_cfg = to_dataclass(cfg.dataset, DATASETS.get(cfg.dataset.name).config, "dataset")
-    backbone_cfg = to_dataclass(cfg.backbone, BackboneConfig, "backbone")
+    method_cls, method_cfg, dataset_cfg, backbone_cfg = typed_configs(cfg)
     backbone_cfg.weights, backbone_cfg.checkpoint = None, None  # every weight comes from checkpoint.pt below
     key = (repr(dataset_cfg), int(cfg.seed))
     tasks = {} if tasks is None else tasks

@@ -82,3 +82,31 @@ def test_sweep_skips_finished_jobs_and_resumes(tmp_path):
     assert "1 jobs done, 1 to run" in proc.stdout
     assert os.path.getmtime(out / "runs" / "fonts_to_sklearn" / "dann" / "seed0" / "results.json") == before
     assert (out / "runs" / "fonts_to_sklearn" / "source_only" / "seed0" / "results.json").is_file()
+
+
+def test_report_writes_tables_and_figures_and_redraws_without_checkpoints(tmp_path):
+    from benchmarks.report import report
+    from da import fit
+
+    from .conftest import tiny_cfg
+
+    suite_file = tmp_path / "tiny.yaml"
+    suite_file.write_text(
+        "name: tiny\ntitle: tiny\nseeds: [0]\ntasks:\n  - {dataset: digits, source: fonts, target: sklearn}\n"
+        "methods: [source_only, dann]\nfigures: {before: source_only, after: dann}\n"
+    )
+    suite, out = load_suite(str(suite_file)), tmp_path / "out"
+    for method in suite.methods:
+        fit(tiny_cfg(f"method={method}"), str(out / "runs" / "fonts_to_sklearn" / method / "seed0"), quiet=True)
+    names = {os.path.basename(p) for p in report(suite, str(out))}
+    assert {"tiny.md", "tiny.tex", "tiny.csv", "accuracy.png", "curves.png", "tsne.png", "tsne_points.csv"} <= names
+    assert {"proxy_a_distance.png", "proxy_a_distance.csv"} <= names
+    pads = (out / "figures" / "proxy_a_distance.csv").read_text().splitlines()
+    assert pads[0] == "method,seeds,mean,std" and len(pads) == 3
+    # a clone holds no checkpoints: the figures are redrawn from the cached analysis and t-SNE points
+    for path in (out / "runs").rglob("checkpoint.pt"):
+        path.unlink()
+    assert (out / "figures" / "proxy_a_distance.csv").read_text().splitlines() == pads
+    names = {os.path.basename(p) for p in report(suite, str(out))}
+    assert {"tsne.png", "proxy_a_distance.png"} <= names
+    assert (out / "figures" / "proxy_a_distance.csv").read_text().splitlines() == pads
