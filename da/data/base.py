@@ -78,6 +78,36 @@ class Task:
         return len(self.class_names)
 
 
+def transductive_task(
+    name: str,
+    source: str,
+    target: str,
+    source_splits: tuple[LabelledTensors, LabelledTensors],
+    target_splits: tuple[LabelledTensors, LabelledTensors],
+    class_names: list[str],
+    in_channels: int,
+    image_size: int,
+    **extra: object,
+) -> Task:
+    """A :class:`Task` from each domain's (train, test) splits: the target's training labels are dropped here
+    (:class:`Unlabelled`) and kept aside only for analysis. ``extra``: ``skipped_files``, ``notes``."""
+    (source_train, source_test), (target_train, target_test) = source_splits, target_splits
+    return Task(
+        name=name,
+        source=source,
+        target=target,
+        source_train=source_train,
+        source_test=source_test,
+        target_train=Unlabelled(target_train),
+        target_test=target_test,
+        class_names=class_names,
+        in_channels=in_channels,
+        image_size=image_size,
+        target_train_labels=target_train.y.clone(),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, num_workers: int = 0) -> DataLoader:
     """A loader; training loaders shuffle with their own seeded generator and drop the last partial batch."""
     generator = torch.Generator().manual_seed(seed)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from da.data.base import LabelledTensors, Task, Unlabelled
+from da.data.base import LabelledTensors, Task, transductive_task
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TARGET_SPLIT_SEED = 20161  # fixed: the target test split is the same for every run and seed
@@ -158,18 +158,6 @@ def build_digits(
     train-on-target upper bound, evaluated on the same fixed target test split."""
     fractions = {source: source_test_fraction, target: target_test_fraction}  # same domain: the target's
     domains = {name: _domain(name, seed, image_size, samples_per_class, fractions[name]) for name in {source, target}}
-    source_train, source_test = domains[source]
-    target_train, target_test = domains[target]
-    return Task(
-        name="digits",
-        source=source,
-        target=target,
-        source_train=source_train,
-        source_test=source_test,
-        target_train=Unlabelled(target_train),
-        target_test=target_test,
-        class_names=[str(d) for d in range(10)],
-        in_channels=1,
-        image_size=image_size,
-        target_train_labels=target_train.y.clone(),
+    return transductive_task(
+        "digits", source, target, domains[source], domains[target], [str(d) for d in range(10)], 1, image_size
     )

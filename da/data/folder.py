@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from da.data.base import LabelledTensors, Task, Unlabelled
+from da.data.base import LabelledTensors, Task, transductive_task
 from da.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -78,25 +78,21 @@ def two_domain_task(
     files = {d: scan_classes(dirs[d], f"{name} domain {d}") for d in (source, target)}
     class_names = check_same_classes({d: list(f) for d, f in files.items()})
     decoded = {d: decode_folder(files[d], class_names, resize, f"{name} domain {d}") for d in (source, target)}
-    source_train, source_test = train_and_eval(decoded[source], crop, flip)
-    target_train, target_test = train_and_eval(decoded[target], crop, flip)
-    return Task(
-        name=name,
-        source=source,
-        target=target,
-        source_train=source_train,
-        source_test=source_test,
-        target_train=Unlabelled(target_train),
-        target_test=target_test,
-        class_names=class_names,
-        in_channels=3,
-        image_size=crop,
-        target_train_labels=decoded[target].y.clone(),
+    target_splits = train_and_eval(decoded[target], crop, flip)  # (augmented, evaluation view) of one tensor
+    return transductive_task(
+        name,
+        source,
+        target,
+        train_and_eval(decoded[source], crop, flip),
+        target_splits,
+        class_names,
+        3,
+        crop,
         skipped_files=sum(len(d.skipped) for d in decoded.values()),
         notes={
             "skipped": [p for d in decoded.values() for p in d.skipped],
             "normalization": (IMAGENET_MEAN, IMAGENET_STD),
-            "target_train_eval": target_test,  # the target training images without augmentation
+            "target_train_eval": target_splits[1],  # the target training images without augmentation
         },
     )
 
@@ -122,18 +118,15 @@ def one_domain_task(
     test: DecodedImages = subset(decoded, test_idx)
     train_set, _ = train_and_eval(train, cfg.crop, cfg.flip)
     _, test_set = train_and_eval(test, cfg.crop, cfg.flip)
-    return Task(
-        name=name,
-        source=domain,
-        target=domain,
-        source_train=train_set,
-        source_test=test_set,
-        target_train=Unlabelled(train_set),
-        target_test=test_set,
-        class_names=class_names,
-        in_channels=3,
-        image_size=cfg.crop,
-        target_train_labels=train.y.clone(),
+    return transductive_task(
+        name,
+        domain,
+        domain,
+        (train_set, test_set),
+        (train_set, test_set),
+        class_names,
+        3,
+        cfg.crop,
         skipped_files=len(decoded.skipped),
         notes={
             "skipped": decoded.skipped,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from da.config import one_line
-from da.data.base import LabelledTensors, Task, Unlabelled
+from da.data.base import LabelledTensors, Task, transductive_task
 from da.errors import ConfigError, DataError
 
 DOMAINS = ("mnist", "usps")
@@ -138,19 +138,14 @@ def build_mnist_usps(cfg: MnistUspsConfig, seed: int, data_root: str) -> Task:
     domains = {
         d: load_domain(d, data_root, cfg.image_size, cfg.download) for d in dict.fromkeys((cfg.source, cfg.target))
     }
-    source_train, source_test = domains[cfg.source]
-    target_train, target_test = domains[cfg.target]
-    return Task(
-        name="mnist_usps",
-        source=cfg.source,
-        target=cfg.target,
-        source_train=source_train,
-        source_test=source_test,
-        target_train=Unlabelled(target_train),
-        target_test=target_test,
-        class_names=[str(d) for d in range(10)],
-        in_channels=1,
-        image_size=cfg.image_size,
-        target_train_labels=target_train.y.clone(),
+    return transductive_task(
+        "mnist_usps",
+        cfg.source,
+        cfg.target,
+        domains[cfg.source],
+        domains[cfg.target],
+        [str(d) for d in range(10)],
+        1,
+        cfg.image_size,
         notes={"normalization": ((0.5,), (0.5,))},
     )
