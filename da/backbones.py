@@ -7,7 +7,9 @@ torchvision models come through torchvision's ``weights=`` API with their classi
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ BACKBONES: Registry[Callable[..., tuple[nn.Module, int]]] = Registry("backbone")
 class BackboneConfig:
     name: str
     weights: str | None = None  # torchvision weights enum name, e.g. IMAGENET1K_V1; None = random init
-    checkpoint: str | None = None  # a local file: a state_dict for the feature extractor or a run's checkpoint
+    checkpoint: str | None = None  # deprecated: use the top-level init=<run folder or file> (da/build.py)
     bottleneck_dim: int = 256  # 0 = no bottleneck
     bottleneck_dropout: float = 0.0
 
@@ -53,7 +55,7 @@ class LeNet(nn.Module):
 @BACKBONES.register("lenet")
 def lenet(in_channels: int = 1, image_size: int = 28, weights: str | None = None, **_: object) -> tuple[nn.Module, int]:
     if weights:
-        raise ConfigError("lenet has no published weights; use backbone.checkpoint=<run folder or file>")
+        raise ConfigError("lenet has no published weights; use init=<run folder or checkpoint file>")
     if image_size < 16:
         raise ConfigError(f"lenet needs images of at least 16x16, got {image_size}")
     net = LeNet(in_channels)
@@ -104,7 +106,8 @@ def torchvision_backbone(name: str, weights: str | None, **_: object) -> tuple[n
     import torchvision
 
     try:
-        model = torchvision.models.get_model(name, weights=weights)
+        with _deferred_download_line():  # torch.hub prints "Downloading: ..." before it knows it is offline
+            model = torchvision.models.get_model(name, weights=weights)
     except (urllib.error.URLError, OSError, RuntimeError) as err:
         if weights is None or not _is_download_error(err):
             raise
@@ -119,6 +122,42 @@ def torchvision_backbone(name: str, weights: str | None, **_: object) -> tuple[n
         raise ConfigError(f"invalid weights {weights!r} for {name}: {err}") from err
     model, dim = _strip_top(model)
     return GreyToRGB(model), dim
+
+
+class _deferred_download_line(contextlib.AbstractContextManager):
+    """Hold torch.hub's "Downloading: ..." line until the download is under way (its progress bar writes) or
+    done; drop it if the download fails, so an offline run shows only the one-line error."""
+
+    def __init__(self) -> None:
+        self.held: list[str] = []
+
+    def write(self, text: str) -> int:
+        if text.startswith("Downloading") and not self.held:
+            self.held.append(text)
+        else:
+            self.flush_held()
+            self.saved.write(text)
+        return len(text)
+
+    def flush_held(self) -> None:
+        for text in self.held:
+            self.saved.write(text)
+        self.held.clear()
+
+    def flush(self) -> None:
+        self.saved.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.saved, name)
+
+    def __enter__(self) -> _deferred_download_line:
+        self.saved, sys.stderr = sys.stderr, self
+        return self
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        sys.stderr = self.saved
+        if exc_type is None:
+            self.flush_held()
 
 
 def _is_download_error(err: BaseException) -> bool:
@@ -183,24 +222,7 @@ class ImageClassifier(nn.Module):
         return self.head(f), f  # (B, K), (B, D)
 
 
-def load_feature_checkpoint(backbone: nn.Module, path: str) -> None:
-    """Load backbone weights from a state_dict file, or from a run folder / ``checkpoint.pt`` of this package."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoint.pt")
-    if not os.path.isfile(path):
-        raise ConfigError(f"backbone checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and "method" in state:  # a checkpoint written by da's trainer
-        prefix = "model.backbone."
-        state = {k[len(prefix) :]: v for k, v in state["method"].items() if k.startswith(prefix)}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if unexpected or len(missing) == len(list(backbone.state_dict())):
-        raise ConfigError(f"checkpoint {path} does not match the backbone (missing {len(missing)} keys)")
-
-
 def build_model(cfg: BackboneConfig, num_classes: int, in_channels: int, image_size: int) -> ImageClassifier:
     factory = BACKBONES.get(cfg.name)
     backbone, dim = factory(weights=cfg.weights, in_channels=in_channels, image_size=image_size)
-    if cfg.checkpoint:
-        load_feature_checkpoint(backbone, os.path.expanduser(cfg.checkpoint))
     return ImageClassifier(backbone, dim, num_classes, cfg.bottleneck_dim, cfg.bottleneck_dropout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import fields
 from typing import Any, TypeVar
 
@@ -32,20 +33,42 @@ def group_options(group: str) -> list[str]:
     return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
+def compose(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
     """The composed config for CLI-style ``overrides`` (e.g. ``["method=dann", "seed=1"]``), for notebooks."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    overrides = list(overrides or [])
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides or []))
+            return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
     except Exception as err:  # Hydra's errors are multi-line; keep the first meaningful line
-        raise ConfigError(one_line(err)) from err
+        message = one_line(err)
+        match = re.match(r"Could not override '([^']+)'", message)
+        if match:
+            message = _unknown_key(match.group(1), overrides)
+        raise ConfigError(message) from err
     finally:
         GlobalHydra.instance().clear()
+
+
+def _unknown_key(key: str, overrides: list[str]) -> str:
+    """One line for an override of a key the config does not have, listing the keys that exist there.
+
+    Hydra's own advice (append it with ``+key=...``) would only move the error: no section takes unknown keys.
+    """
+    parent, _, leaf = key.rpartition(".")
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        cfg = compose(rest)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        valid = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else ""
+    except ConfigError:
+        valid = ""
+    where = f"{parent}" if parent else "the top level"
+    return f"unknown key {key!r}" + (f"; valid keys of {where}: {valid}" if valid else "")
 
 
 def one_line(err: BaseException) -> str:

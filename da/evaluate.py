@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from da.methods.base import Method
+if TYPE_CHECKING:
+    from da.methods.base import Method
 
 
 @dataclass
@@ -25,7 +27,7 @@ def predict(method: Method, dataset: Dataset, device: torch.device, batch_size: 
     logits, feats, labels = [], [], []
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         x = x.to(device)
-        logit, f = method.model(x)
+        logit, f = method.logits_and_features(x)
         logits.append(logit.float().cpu())
         feats.append(f.float().cpu())
         if isinstance(y, torch.Tensor) and y.dtype == torch.long:

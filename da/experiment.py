@@ -1,9 +1,15 @@
-"""``fit(cfg)``: the one function the CLI and notebooks call to run an experiment end to end."""
+"""``fit(cfg)``: the one function the CLI and notebooks call to run an experiment end to end.
+
+A run happens inside its locked run folder (:mod:`da.runfolder`): the config is checked against any checkpoint
+already there *before* anything is written, then config.yaml, the source stage (``init=source``), training,
+and finally model.pt, results.json and skipped_files.txt, each written atomically.
+"""
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -13,14 +19,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from da.backbones import BackboneConfig, build_model
-from da.config import check_top_level, to_dataclass
-from da.data import DATASETS, build_task
+from da import checkpoint
+from da.build import build_run, typed_configs
 from da.evaluate import accuracy, per_class_accuracy, predict
-from da.methods import METHODS, Method, MethodConfig
-from da.stages import load_model, resolve_init
-from da.train import TrainerConfig, seed_everything, select_device
-from da.validators import ValidatedTrainer, best_epochs, epoch_scores
+from da.runfolder import locked_run_dir, read_json, write_json, write_text
+from da.runlog import log_to_run_folder
+from da.stages import SOURCE_STAGE_DIR, init_choice, source_stage_config
+from da.train import Trainer, fingerprint, read_resumable, select_device, set_deterministic
+from da.validators import best_epochs, epoch_scores
+
+log = logging.getLogger(__name__)
 
 RESULT_KEYS = (
     "method",
@@ -83,53 +91,75 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def typed_configs(cfg: DictConfig) -> tuple[type[Method], MethodConfig, Any, BackboneConfig]:
-    """The method class and the typed method, dataset and backbone sections of ``cfg`` (unknown keys fail)."""
-    method_cls = METHODS.get(cfg.method.name)
-    method_cfg = to_dataclass(cfg.method, method_cls.Config, "method")
-    dataset_cfg = to_dataclass(cfg.dataset, DATASETS.get(cfg.dataset.name).config, "dataset")
-    backbone_cfg = to_dataclass(cfg.backbone, BackboneConfig, "backbone")
-    return method_cls, method_cfg, dataset_cfg, backbone_cfg
+def source_checkpoint(cfg: DictConfig, run_dir: str, quiet: bool = True, **overrides: Any) -> str:
+    """Train (or reuse) the source model for ``cfg`` in ``<run_dir>/source_stage/``; return its checkpoint path.
+
+    A stage whose results.json exists for the same config (up to keys that change no number) is reused; an
+    unfinished or unreadable one is trained (resuming from its own checkpoint when it has one).
+    """
+    stage_cfg = source_stage_config(cfg, **overrides)
+    stage_dir = os.path.join(run_dir, SOURCE_STAGE_DIR)
+    path = os.path.join(stage_dir, checkpoint.CHECKPOINT)
+    done = read_json(os.path.join(stage_dir, "results.json"))
+    wanted = fingerprint(OmegaConf.to_container(stage_cfg, resolve=True))
+    if isinstance(done, dict) and os.path.isfile(path) and fingerprint(done.get("config", {})) == wanted:
+        say = log.debug if quiet else log.info
+        say("source stage: reusing %s (target acc %.1f%%)", stage_dir, 100 * done["target_acc"])
+        return path
+    (log.debug if quiet else log.info)("source stage: training source_only in %s", stage_dir)
+    fit(stage_cfg, run_dir=stage_dir, quiet=quiet)
+    return path
+
+
+def resolve_init(cfg: DictConfig, method_cls: type, run_dir: str, quiet: bool = True) -> str | None:
+    """The checkpoint file a run starts from (training the source stage first when asked), or None."""
+    choice = init_choice(cfg, method_cls)
+    return source_checkpoint(cfg, run_dir, quiet=quiet) if choice == "source" else choice
 
 
 def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dict[str, Any]:
     """Train and evaluate the experiment ``cfg`` describes; write the run folder; return results.json's content.
 
     ``cfg`` is a composed config (``da.compose([...])`` in a notebook, Hydra's in the CLI). A reused
-    ``run_dir`` holding a checkpoint of the same config resumes from it.
+    ``run_dir`` holding a checkpoint of the same config resumes from it; one of another config is refused
+    (naming the keys that differ) and the folder is left untouched.
     """
-    check_top_level(cfg)
-    method_cls, method_cfg, dataset_cfg, backbone_cfg = typed_configs(cfg)
-    trainer_cfg = to_dataclass(cfg.trainer, TrainerConfig, "trainer")
+    configs = typed_configs(cfg)  # every section checked before the run folder is touched
     device = select_device(str(cfg.device))
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    signature = fingerprint(resolved)
+    with locked_run_dir(run_dir or default_run_dir(cfg)) as run_dir, log_to_run_folder(run_dir):
+        resume_state = read_resumable(run_dir, signature) if configs.trainer.resume else None
+        write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        set_deterministic(configs.trainer.deterministic)
+        init_path = resolve_init(cfg, configs.method_cls, run_dir, quiet)  # init=source: <run>/source_stage first
+        parts = build_run(cfg, init_path)
+        method, task = parts.method, parts.task
+        trainer = Trainer(configs.trainer, method, task, run_dir, device, cfg.seed, signature, resume_state)
+        del resume_state
+        trainer.fit()
+        results = _results(cfg, parts, trainer, device, resolved)
+        results["init"] = init_path
+        checkpoint.save(method.model.state_dict(), os.path.join(run_dir, checkpoint.MODEL))  # the reported weights
+        skipped = getattr(task, "skipped", [])
+        if skipped:  # every unreadable file, with its reason (results.json holds the count)
+            write_text(os.path.join(run_dir, "skipped_files.txt"), "\n".join(skipped) + "\n")
+        write_json(os.path.join(run_dir, "results.json"), results)
+        (log.debug if quiet else log.info)(summary(results, run_dir))
+    return results
 
-    run_dir = run_dir or default_run_dir(cfg)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
-        fh.write(OmegaConf.to_yaml(OmegaConf.create(resolved)))
 
-    init_path = resolve_init(cfg, method_cls, run_dir, quiet)  # init=source trains <run_dir>/source_stage first
-    seed_everything(cfg.seed)
-    data_root = os.path.expanduser(str(cfg.data_root))
-    task = build_task(dataset_cfg, cfg.seed, data_root)
-    task = method_cls.prepare_task(task, method_cfg, cfg.seed)  # inductive: the labelled target budget
-    model = build_model(backbone_cfg, task.num_classes, task.in_channels, task.image_size)
-    load_model(model, init_path)  # the whole model from the init checkpoint, if any
-    method = method_cls(model, method_cfg, task.num_classes)
-    signature = {k: v for k, v in resolved.items() if k != "trainer"}
-    signature["trainer"] = {k: v for k, v in resolved["trainer"].items() if k not in ("epochs", "progress_bar")}
-    trainer = ValidatedTrainer(trainer_cfg, method, task, run_dir, device, cfg.seed, signature)  # + label-free scores
-    trainer.fit()
-
-    tgt = predict(method, task.target_test, device, trainer_cfg.eval_batch_size)
-    src = predict(method, task.source_test, device, trainer_cfg.eval_batch_size) if method.uses_source else None
+def _results(cfg: DictConfig, parts, trainer: Trainer, device: torch.device, resolved: dict) -> dict[str, Any]:
+    method, task, bs = parts.method, parts.task, trainer.cfg.eval_batch_size
+    tgt = predict(method, task.target_test, device, bs)
+    src = predict(method, task.source_test, device, bs) if method.uses_source else None
+    target_eval = getattr(task, "target_train_eval", None) or task.target_train
     results: dict[str, Any] = {
-        "method": method_cfg.name,
+        "method": parts.configs.method.name,
         "dataset": task.name,
         "source": task.source,
         "target": task.target,
-        "backbone": backbone_cfg.name,
+        "backbone": parts.configs.backbone.name,
         "seed": cfg.seed,
         "target_acc": accuracy(tgt.logits, tgt.labels),
         "source_acc": accuracy(src.logits, src.labels) if src is not None else None,
@@ -140,10 +170,7 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
         "images_per_second": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
         "selection": trainer.selection,
         # label-free scores of the reported weights on the unlabelled target train split (da/validators.py)
-        "validators": {
-            k.removesuffix("_score"): v
-            for k, v in epoch_scores(method, task.target_train, device, trainer_cfg.eval_batch_size).items()
-        },
+        "validators": {k.removesuffix("_score"): v for k, v in epoch_scores(method, target_eval, device, bs).items()},
         "validator_best_epoch": best_epochs(trainer.history),  # the epoch each validator would choose
         "versions": versions(),
         "git_commit": git_commit(),
@@ -151,13 +178,8 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
     }
     results["device"] = device.type
     results["skipped_files"] = task.skipped_files
-    results["init"] = init_path
     if "budget" in task.notes:  # inductive: sizes of the labelled train / val splits and of the test set
         results["budget"] = task.notes["budget"]
-    with open(os.path.join(run_dir, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=2)
-    if not quiet:
-        print(summary(results, run_dir))
     return results
 
 

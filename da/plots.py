@@ -10,11 +10,10 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from da.backbones import build_model
-from da.data import build_task
+from da import checkpoint
+from da.build import build_run
 from da.data.base import Task
 from da.evaluate import predict
-from da.experiment import typed_configs
 from da.methods import Method
 
 
@@ -30,23 +29,15 @@ def _plt():
 
 
 def restore(run_dir: str, device: str = "cpu", tasks: dict | None = None) -> tuple[Method, Task]:
-    """Rebuild a finished run's method (weights from checkpoint.pt) and its task from the run folder.
+    """Rebuild a finished run's method and its task from the run folder (the trainer's weights: checkpoint.pt).
 
     ``tasks`` caches built tasks across calls, keyed by (dataset config, seed): runs of one task share it.
     """
     cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
-    method_cls, method_cfg, dataset_cfg, backbone_cfg = typed_configs(cfg)
-    backbone_cfg.weights, backbone_cfg.checkpoint = None, None  # every weight comes from checkpoint.pt below
-    key = (repr(dataset_cfg), int(cfg.seed))
-    tasks = {} if tasks is None else tasks
-    if key not in tasks:
-        tasks[key] = build_task(dataset_cfg, int(cfg.seed), os.path.expanduser(str(cfg.data_root)))
-    task = tasks[key]
-    model = build_model(backbone_cfg, task.num_classes, task.in_channels, task.image_size)
-    method = method_cls(model, method_cfg, task.num_classes)
-    state = torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location=device, weights_only=False)
-    method.load_state_dict(state["method"])
-    return method.to(device).eval(), task
+    parts = build_run(cfg, tasks=tasks if tasks is not None else {}, pretrained=False)
+    state = checkpoint.load(os.path.join(run_dir, checkpoint.CHECKPOINT), "restore")
+    parts.method.load_state_dict(state["method"])
+    return parts.method.to(device).eval(), parts.task
 
 
 def domain_features(method: Method, task: Task, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:

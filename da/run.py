@@ -1,49 +1,101 @@
 """Command line: ``python -m da.run [key=value ...]`` (Hydra). A thin shell around :func:`da.fit`.
 
-Bad input (an unknown method, dataset, backbone or key; an invalid value; missing data) prints one line
-and exits with status 2, without a traceback.
+Bad input (an unknown method, dataset, backbone or key; an invalid value; missing data; a run folder that
+cannot be written) prints one line and exits with status 2, without a traceback — for single runs and for
+``-m`` sweeps alike, before Hydra creates any folder.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
 import sys
 
 GROUPS = ("method", "dataset", "backbone")
+MAX_CHECKED_COMBINATIONS = 64
 
 
 def fail(message: str, code: int = 2) -> None:
+    """Print one line to stderr (and to the run's run.log when Hydra opened one) and exit with ``code``."""
+    record = logging.LogRecord("da", logging.ERROR, __file__, 0, "error: %s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
-def check_overrides(args: list[str]) -> None:
-    """Catch bad overrides before Hydra starts, with one readable line instead of Hydra's report."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def _combinations(parsed) -> list[list[str]]:
+    """Override lists to check: every combination of swept groups (method=a,b), the first value of other
+    choice/range sweeps; sweeps that cannot be enumerated (Optuna's interval/tag) are left to the sweeper."""
+    fixed, grouped = [], []
+    for override in parsed:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            fixed.append(override.input_line)
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except Exception:  # interval(...) / tag(...) sweeps: sampled by the sweeper, not enumerable here
+            continue
+        if override.key_or_group in GROUPS:
+            grouped.append([f"{key}={v}" for v in values])
+        elif values:
+            fixed.append(f"{key}={values[0]}")
+    combos = [list(c) for c in itertools.product(*grouped)] if grouped else [[]]
+    return [fixed + c for c in combos[:MAX_CHECKED_COMBINATIONS]]
 
+
+def check_run_dir(path: str) -> None:
+    """The run (or sweep) folder must be creatable: not a file, no file among its parents, not read-only."""
+    from da.errors import ConfigError
+
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"run folder {path} exists and is not a folder; choose another hydra.run.dir")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"cannot create run folder {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot create run folder {path}: {parent} is not writable (read-only mount?)")
+
+
+def check_overrides(args: list[str]) -> None:
+    """Catch bad overrides and unwritable run folders before Hydra starts, with one readable line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf, open_dict
+
+    from da.build import typed_configs
     from da.config import compose, group_options, one_line
+    from da.errors import ConfigError
 
     overrides = [a for a in args if not a.startswith("-")]
+    multirun = any(a in ("-m", "--multirun") for a in args)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as err:
-        fail(f"cannot parse the command line: {one_line(err)}")
-    sweep = False
+        raise ConfigError(f"cannot parse the command line: {one_line(err)}") from err
     for override in parsed:
         key = override.key_or_group
         if key in GROUPS and override.value_type is not None:
-            values = (
-                list(override.sweep_string_iterator())
-                if override.is_sweep_override()
-                else [override.get_value_element_as_str()]
-            )
-            valid = group_options(key)
-            for value in values:
-                if value not in valid:
-                    fail(f"unknown {key} {value!r}; valid {key}s: {', '.join(valid)}")
-        sweep = sweep or override.is_sweep_override()
-    if not sweep and not any(a in ("-m", "--multirun") for a in args):
-        hydra_args = [a for a in overrides if not a.startswith("hydra.") and not a.startswith("hydra/")]
-        compose(hydra_args)  # raises ConfigError for unknown keys and type errors
+            try:
+                values = list(override.sweep_string_iterator()) if override.is_sweep_override() else None
+            except Exception:
+                values = None
+            for value in values or [override.get_value_element_as_str()]:
+                if value not in group_options(key):
+                    raise ConfigError(f"unknown {key} {value!r}; valid {key}s: {', '.join(group_options(key))}")
+        if override.is_sweep_override() and not multirun:
+            raise ConfigError(f"{override.input_line} is a sweep: add -m (python -m da.run -m ...)")
+    for combo in _combinations(parsed):
+        cfg = compose(combo, return_hydra_config=True)
+        check_run_dir(str(OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        typed_configs(cfg)  # unknown keys and invalid values of every section
 
 
 def main() -> None:
@@ -55,7 +107,7 @@ def main() -> None:
     from da.errors import ConfigError
 
     args = sys.argv[1:]
-    if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+    if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):  # not --help, --cfg, ...
         try:
             check_overrides(args)
         except ConfigError as err:

@@ -5,25 +5,26 @@
 - ``null``: the method's own default (``Method.default_init``; ``source`` for self-training, FixMatch and SHOT,
   nothing for the others);
 - ``scratch``: the model as the backbone config builds it (random or ImageNet features, new bottleneck/head);
-- a run folder of this package or a file: its ``checkpoint.pt`` (the trainer's, whose ``"method"`` state holds
-  ``model.*``) or a plain ``state_dict`` of the whole model; backbone, bottleneck and head are all loaded;
+- a run folder of this package (its ``model.pt``, else ``checkpoint.pt``) or a file: ``model.pt``, a trainer
+  checkpoint or a plain ``state_dict`` of the whole model; backbone, bottleneck and head are all loaded (the
+  head stays new when the number of classes differs; see ``da.build.load_model``). This is the one way to
+  start from saved weights (``backbone.checkpoint`` is a deprecated alias for the backbone alone);
 - ``source``: train the source model first, as a normal run folder ``<run_dir>/source_stage/`` (``source_only``
   on the labelled source, with the method's ``source_*`` options), and start from its checkpoint. A stage whose
   ``results.json`` exists with the same config is reused, so a rerun or a resumed run does not retrain it.
 
-Other stages (e.g. "train on source, then fine-tune") call :func:`source_checkpoint` directly.
+This module only reads configs; ``da.experiment`` trains the stage (``source_checkpoint``, ``resolve_init``).
+Other stages (e.g. "train on source, then fine-tune") call ``da.experiment.source_checkpoint`` directly.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
+from da.checkpoint import CHECKPOINT, MODEL
 from da.errors import ConfigError
 
 SOURCE_STAGE_DIR = "source_stage"
@@ -54,73 +55,24 @@ def source_stage_config(cfg: DictConfig, **overrides: Any) -> DictConfig:
     return out
 
 
-def _same_config(a: dict, b: dict) -> bool:
-    def strip(c: dict) -> dict:
-        c = json.loads(json.dumps(c))
-        c.get("trainer", {}).pop("progress_bar", None)
-        return c
-
-    return strip(a) == strip(b)
-
-
-def source_checkpoint(cfg: DictConfig, run_dir: str, quiet: bool = True, **overrides: Any) -> str:
-    """Train (or reuse) the source model for ``cfg`` in ``<run_dir>/source_stage/``; return its checkpoint path."""
-    from da.experiment import fit
-
-    stage_cfg = source_stage_config(cfg, **overrides)
-    stage_dir = os.path.join(run_dir, SOURCE_STAGE_DIR)
-    results_path = os.path.join(stage_dir, "results.json")
-    checkpoint = os.path.join(stage_dir, "checkpoint.pt")
-    if os.path.isfile(results_path) and os.path.isfile(checkpoint):
-        with open(results_path) as fh:
-            done = json.load(fh)
-        if _same_config(done.get("config", {}), OmegaConf.to_container(stage_cfg, resolve=True)):
-            if not quiet:
-                print(f"source stage: reusing {stage_dir} (target acc {100 * done['target_acc']:.1f}%)")
-            return checkpoint
-    if not quiet:
-        print(f"source stage: training source_only in {stage_dir}")
-    fit(stage_cfg, run_dir=stage_dir, quiet=quiet)
-    return checkpoint
-
-
-def resolve_init(cfg: DictConfig, method_cls: type, run_dir: str, quiet: bool = True) -> str | None:
-    """The checkpoint file a run starts from (training the source stage first when asked), or None."""
+def init_choice(cfg: DictConfig, method_cls: type) -> str | None:
+    """What ``init`` asks for: None (the model as built), ``"source"`` (train the source stage first; done by
+    ``da.experiment.resolve_init``) or the path of an existing checkpoint file."""
     init = cfg.get("init")
     if init is None:
-        init = method_cls.default_init
+        init = getattr(method_cls, "default_init", None)
     if init is None or init == "scratch":
         return None
     init = str(init)
     if init == "source":
-        return source_checkpoint(cfg, run_dir, quiet=quiet)
+        return init
     path = os.path.expanduser(init)
     if os.path.isdir(path):
-        path = os.path.join(path, "checkpoint.pt")
+        found = [os.path.join(path, f) for f in (MODEL, CHECKPOINT) if os.path.isfile(os.path.join(path, f))]
+        path = found[0] if found else os.path.join(path, CHECKPOINT)
     if not os.path.isfile(path):
         raise ConfigError(
-            f"init={init}: no such checkpoint file or run folder with checkpoint.pt; "
+            f"init={init}: no such checkpoint file or run folder with model.pt / checkpoint.pt; "
             f"valid: null, {', '.join(INIT_KEYWORDS)}, a run folder or a checkpoint file"
         )
     return path
-
-
-def load_model(model: nn.Module, path: str | None) -> None:
-    """Load the whole model (backbone, bottleneck, head) from a trainer checkpoint or a state_dict file."""
-    if path is None:
-        return
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise ConfigError(f"init: cannot read {path} as a torch checkpoint ({type(err).__name__})") from err
-    if isinstance(state, dict) and "method" in state:  # written by da's trainer: the method's state
-        state = state["method"]
-    if not isinstance(state, dict):
-        raise ConfigError(f"init: {path} holds no state_dict")
-    if any(k.startswith("model.") for k in state):
-        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise ConfigError(f"init: {path} does not match this model ({first})") from err

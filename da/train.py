@@ -1,24 +1,36 @@
-"""The shared trainer: optimiser, LR schedule, AMP, per-epoch evaluation, checkpoints, resume and log.csv."""
+"""The shared trainer: a readable loop over epochs and steps. Its parts live beside it:
+
+- :mod:`da.checkpoint`: checkpoint.pt / model.pt I/O and the RNG states that make a resumed run exact;
+- :mod:`da.runlog`: log.csv, TensorBoard, the progress bar / per-epoch lines;
+- :mod:`da.selection`: which weights are reported (early stopping on an inductive task's validation split);
+- :mod:`da.validators`: the label-free scores logged for every epoch.
+"""
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from da import checkpoint
 from da.data.base import Task, forever, make_loader
 from da.errors import ConfigError
 from da.evaluate import accuracy, predict
 from da.methods.base import EpochContext, Method
+from da.runlog import MetricLog, Progress
+from da.selection import EarlyStopping
+from da.validators import epoch_scores
 
 LR_SCHEDULES = ("dann", "cosine", "constant")
+#: Trainer keys that do not change what a run computes: left out of the config fingerprint, so a run folder
+#: can be resumed with another value (e.g. with the progress bar off).
+NOT_FINGERPRINTED = ("progress_bar", "resume", "tensorboard")
 
 
 @dataclass
@@ -36,8 +48,10 @@ class TrainerConfig:
     amp: bool = True  # mixed precision, CUDA only
     num_workers: int = 0
     eval_batch_size: int = 256
-    progress_bar: bool = True
+    progress_bar: bool = True  # a bar on a terminal, one line per epoch otherwise
     resume: bool = True  # continue from checkpoint.pt when the run folder already holds one
+    deterministic: bool = False  # torch.use_deterministic_algorithms + deterministic cuDNN (slower on GPU)
+    tensorboard: bool = False  # also write per-step losses and per-epoch metrics to <run>/tensorboard
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -47,8 +61,14 @@ class TrainerConfig:
             raise ConfigError(f"trainer.steps_per_epoch must be >= 1 or null, got {self.steps_per_epoch}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ConfigError(f"trainer.lr must be a positive number, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"trainer.momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("trainer.nesterov=true needs trainer.momentum > 0")
         if self.weight_decay < 0 or self.num_workers < 0:
             raise ConfigError("trainer.weight_decay and trainer.num_workers must be >= 0")
+        if self.lr_gamma < 0 or self.lr_decay < 0:
+            raise ConfigError("trainer.lr_gamma and trainer.lr_decay must be >= 0")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown trainer.lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
 
@@ -68,6 +88,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels (``trainer.deterministic``): torch raises on an op that has no deterministic version."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS for determinism
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+
+
 def select_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
     if name == "auto":
@@ -84,12 +113,68 @@ def select_device(name: str) -> torch.device:
         raise ConfigError(f"invalid device {name!r}: use auto, cpu, cuda, cuda:N or mps") from err
 
 
+def fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that determines a run's numbers (a checkpoint resumes only under it)."""
+    out = {k: v for k, v in resolved.items() if k != "trainer"}
+    out["trainer"] = {k: v for k, v in resolved.get("trainer", {}).items() if k not in NOT_FINGERPRINTED}
+    return out
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs, e.g. ``["trainer.lr"]``."""
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        va, vb, name = a.get(key), b.get(key), f"{prefix}{key}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, f"{name}.")
+        elif va != vb:
+            out.append(name)
+    return out
+
+
+def check_resumable(state: dict[str, Any], signature: dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint written under another config, naming the keys that differ."""
+    differs = config_differences(state.get("signature", {}), signature)
+    if differs:
+        shown = ", ".join(differs[:5]) + (f" and {len(differs) - 5} more" if len(differs) > 5 else "")
+        hint = " (the LR schedule and the reported epoch depend on it)" if "trainer.epochs" in differs else ""
+        raise ConfigError(
+            f"{path} was written by a run with a different config: {shown}{hint}; "
+            "use another run folder, or trainer.resume=false to start this folder afresh"
+        )
+
+
+def read_resumable(run_dir: str, signature: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint in ``run_dir`` to resume from (None if there is none), refused if its config differs."""
+    path = os.path.join(run_dir, checkpoint.CHECKPOINT)
+    if not os.path.isfile(path):
+        return None
+    state = checkpoint.load(path, "resume")
+    if not isinstance(state, dict) or "method" not in state:
+        raise ConfigError(f"resume: {path} is not a checkpoint of this package; delete it or use trainer.resume=false")
+    check_resumable(state, signature, path)
+    return state
+
+
 def _to(batch, device: torch.device):
     return tuple(b.to(device, non_blocking=True) if isinstance(b, torch.Tensor) else b for b in batch)
 
 
+def _target_eval(task: Task):
+    eval_set = getattr(task, "target_train_eval", None)
+    return task.target_train if eval_set is None else eval_set
+
+
+def all_finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+
+
 class Trainer:
-    """Runs ``method`` on ``task`` for ``cfg.epochs`` epochs, writing checkpoint.pt and log.csv to ``run_dir``."""
+    """Runs ``method`` on ``task`` for ``cfg.epochs`` epochs, writing checkpoint.pt and log.csv to ``run_dir``.
+
+    ``resume_state``: a checkpoint already read (and checked) by the caller; otherwise, with ``cfg.resume``,
+    the trainer reads ``<run_dir>/checkpoint.pt`` itself.
+    """
 
     def __init__(
         self,
@@ -100,10 +185,12 @@ class Trainer:
         device: torch.device,
         seed: int,
         config_signature: dict | None = None,
+        resume_state: dict | None = None,
     ) -> None:
         self.cfg, self.method, self.task, self.run_dir = cfg, method, task, run_dir
         self.device, self.seed = device, seed
         self.signature = config_signature or {}
+        self.resume_state = resume_state
         self.method.to(device)
         self.optimizer = torch.optim.SGD(
             method.param_groups(cfg.lr),
@@ -116,23 +203,27 @@ class Trainer:
         if cfg.amp and device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        sizes = [
-            len(d)
-            for d, used in ((task.source_train, method.uses_source), (task.target_train, method.uses_target))
-            if used
-        ]  # type: ignore[arg-type]
-        longest = max(sizes or [cfg.batch_size])
+        used = ((task.source_train, method.uses_source), (task.target_train, method.uses_target))
+        longest = max([len(d) for d, on in used if on] or [cfg.batch_size])  # type: ignore[arg-type]
         self.steps_per_epoch = cfg.steps_per_epoch or max(1, longest // cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps completed
         self.train_seconds = 0.0
         self.images_seen = 0
-        self.history: list[dict[str, float]] = []
-        self.best: dict | None = None  # early stopping on task.val: {"epoch", "val_acc", "method" (state)}
+        self.log = MetricLog(run_dir, cfg.tensorboard)
+        self.early_stopping = EarlyStopping(method.patience) if task.val is not None else None
         self.stopped = False  # early stopping ended the run before cfg.epochs
-        self.checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-        self.log_path = os.path.join(run_dir, "log.csv")
+        self.checkpoint_path = os.path.join(run_dir, checkpoint.CHECKPOINT)
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.log.rows
+
+    @property
+    def selection(self) -> str:
+        """How the reported weights were chosen (results.json ``selection``)."""
+        return self.early_stopping.rule if self.early_stopping is not None else "last"
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -145,54 +236,52 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
             "history": self.history,
-            "best": self.best,
+            "best": self.early_stopping.best if self.early_stopping is not None else None,
             "stopped": self.stopped,
             "signature": self.signature,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),  # noqa: NPY002 - the global RNG, restored on resume
-                "python": random.getstate(),
-            },
+            "rng": checkpoint.rng_state(),
         }
 
-    def save_checkpoint(self) -> None:
-        tmp = self.checkpoint_path + ".tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, self.checkpoint_path)  # atomic: an interrupted save never corrupts the last one
-
-    def try_resume(self) -> bool:
-        """Load checkpoint.pt from the run folder if it exists; refuse one written for another config."""
-        if not (self.cfg.resume and os.path.isfile(self.checkpoint_path)):
-            return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        saved = state.get("signature", {})
-        differs = sorted(k for k in set(saved) | set(self.signature) if saved.get(k) != self.signature.get(k))
-        if differs:
-            raise ConfigError(
-                f"{self.checkpoint_path} was written by a run with a different config ({', '.join(differs)}); "
-                "use another run folder or trainer.resume=false"
-            )
+    def load_state_dict(self, state: dict) -> None:
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
-        self.history = state["history"]
-        self.best, self.stopped = state.get("best"), state.get("stopped", False)
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        np.random.set_state(state["rng"]["numpy"])  # noqa: NPY002
-        random.setstate(state["rng"]["python"])
+        self.log.rows = list(state["history"])
+        if self.early_stopping is not None:
+            self.early_stopping.best = state.get("best")
+        self.stopped = state.get("stopped", False)
+        checkpoint.set_rng_state(state["rng"])
+
+    def save_checkpoint(self) -> None:
+        checkpoint.save(self.state_dict(), self.checkpoint_path)
+
+    def try_resume(self) -> bool:
+        """Continue from the checkpoint in the run folder (or the one handed in); refuse another config's."""
+        state = self.resume_state
+        if state is None and self.cfg.resume:
+            state = read_resumable(self.run_dir, self.signature)
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        self.resume_state = None
         return True
 
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------ one epoch
     def evaluate(self) -> dict[str, float]:
-        """Test accuracies; a source-free method is not evaluated on source images either."""
+        """Test accuracies (curves only: they choose nothing) and the label-free scores of this epoch's model.
+
+        A source-free method is not evaluated on source images either. The validators read the unlabelled
+        target training split under the evaluation transform.
+        """
         bs = self.cfg.eval_batch_size
         tgt = predict(self.method, self.task.target_test, self.device, bs)
         out = {"target_acc": accuracy(tgt.logits, tgt.labels)}
         if self.method.uses_source:
             src = predict(self.method, self.task.source_test, self.device, bs)
             out["source_acc"] = accuracy(src.logits, src.labels)
+        out.update(epoch_scores(self.method, _target_eval(self.task), self.device, bs))
         return out
 
     def pseudo_label_metrics(self) -> dict[str, float]:
@@ -210,20 +299,15 @@ class Trainer:
         """Loaders seeded by (seed, epoch), so a resumed run draws the same batches as an uninterrupted one."""
         bs, workers = self.cfg.batch_size, self.cfg.num_workers
         s = self.seed * 100_003 + epoch
-        src = (
-            forever(make_loader(self.task.source_train, bs, True, 2 * s, workers)) if self.method.uses_source else None
-        )
-        tgt = (
-            forever(make_loader(self.task.target_train, bs, True, 2 * s + 1, workers))
-            if self.method.uses_target
-            else None
-        )
+        task, method = self.task, self.method
+        src = forever(make_loader(task.source_train, bs, True, 2 * s, workers)) if method.uses_source else None
+        tgt = forever(make_loader(task.target_train, bs, True, 2 * s + 1, workers)) if method.uses_target else None
         return src, tgt
 
-    def train_epoch(self, bar: tqdm | None) -> dict[str, float]:
+    def train_epoch(self, progress: Progress) -> dict[str, float]:
         start = time.perf_counter()
         ctx = EpochContext(
-            self.epoch, self.step / self.total_steps, self.device, self.task.target_train, self.cfg.eval_batch_size
+            self.epoch, self.step / self.total_steps, self.device, _target_eval(self.task), self.cfg.eval_batch_size
         )
         extra = self.method.on_epoch_start(ctx)
         extra.update(self.pseudo_label_metrics())
@@ -231,8 +315,8 @@ class Trainer:
         src_iter, tgt_iter = self._loaders(self.epoch)
         sums: dict[str, float] = {}
         for _ in range(self.steps_per_epoch):
-            progress = self.step / self.total_steps
-            lr = lr_at(self.cfg, progress)
+            p = self.step / self.total_steps
+            lr = lr_at(self.cfg, p)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_factor", 1.0)
             batch_s = _to(next(src_iter), self.device) if src_iter is not None else None
@@ -240,96 +324,60 @@ class Trainer:
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
             ):
-                out = self.method.training_step(batch_s, batch_t, progress)
+                out = self.method.training_step(batch_s, batch_t, p)
             loss = out["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at step {self.step} (epoch {self.epoch + 1}); "
-                    f"lower trainer.lr (now {self.cfg.lr}); the last checkpoint is kept in {self.run_dir}"
-                )
+                raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; {self._kept()}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1
             self.images_seen += sum(len(b[0]) for b in (batch_s, batch_t) if b is not None)
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            values = {k: float(v.detach()) for k, v in out.items()}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            self.log.step(self.step, values)
+            progress.step(values["loss"])
         self.train_seconds += time.perf_counter() - start
         row = {k: v / self.steps_per_epoch for k, v in sums.items()}
         row["lr"] = lr
         row.update(extra)
         return row
 
+    def _kept(self) -> str:
+        """What survives a divergence: the last checkpoint, if one was written."""
+        where = f"epoch {self.epoch} (epoch {self.epoch + 1} diverged)"
+        kept = f"the checkpoint of {where} is kept in {self.run_dir}" if self.epoch else "no checkpoint was written"
+        return f"lower trainer.lr (now {self.cfg.lr}); {kept}"
+
+    # ------------------------------------------------------------------ the loop
     def fit(self) -> list[dict[str, float]]:
         """Train the remaining epochs; evaluate, log and checkpoint after each one."""
         resumed = self.try_resume()
-        bar = None
-        if self.cfg.progress_bar:
-            bar = tqdm(
-                total=self.total_steps,
-                initial=self.step,
-                desc=f"{self.method.cfg.name}",
-                unit="step",
-                dynamic_ncols=True,
-                leave=True,
-            )
-            if resumed:
-                bar.write(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
-        while self.epoch < self.cfg.epochs and not self.stopped:
-            row = self.train_epoch(bar)
-            self.epoch += 1
-            metrics = self.evaluate()  # logged for curves only; never used to choose a checkpoint
-            if self.task.val is not None:
-                metrics.update(self.early_stopping())
-            self.history.append(
-                {
-                    "epoch": self.epoch,
-                    "step": self.step,
-                    **row,
-                    **metrics,
-                    "train_seconds": round(self.train_seconds, 3),
-                }
-            )
-            self.write_log()
-            self.save_checkpoint()
-            if bar is not None:
-                shown = {"src": metrics.get("source_acc"), "tgt": metrics.get("target_acc")}  # no src: source-free
-                bar.set_postfix(loss=f"{row['loss']:.3f}", **{k: f"{v:.3f}" for k, v in shown.items() if v is not None})
-        if bar is not None:
-            bar.close()
-        if self.best is not None:  # report the best validation epoch, not the last
-            self.method.load_state_dict(self.best["method"])
+        progress = Progress(self.cfg.progress_bar, self.total_steps, self.step, self.method.cfg.name, self.cfg.epochs)
+        if resumed:
+            progress.message(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
+        try:
+            while self.epoch < self.cfg.epochs and not self.stopped:
+                row = self.train_epoch(progress)
+                if not all_finite(self.method):  # a finite loss can still take a step to non-finite weights
+                    raise FloatingPointError(f"the weights became non-finite in epoch {self.epoch + 1}; {self._kept()}")
+                self.epoch += 1
+                metrics = self.evaluate()
+                if self.early_stopping is not None:
+                    val = predict(self.method, self.task.val, self.device, self.cfg.eval_batch_size)
+                    metrics.update(self.early_stopping.update(self.epoch, val.logits, val.labels, self.method))
+                    self.stopped = self.early_stopping.should_stop(self.epoch)
+                row = {"epoch": self.epoch, "step": self.step, **row, **metrics}
+                self.log.append({**row, "train_seconds": round(self.train_seconds, 3)})
+                self.save_checkpoint()
+                shown = {"loss": row["loss"], "src": metrics.get("source_acc"), "tgt": metrics.get("target_acc")}
+                progress.epoch_end(self.epoch, self.step, shown)
+        finally:
+            progress.close()
+            self.log.close()
+        best = self.early_stopping.best if self.early_stopping is not None else None
+        if best is not None:  # report the best validation epoch, not the last
+            self.method.load_state_dict(best["method"])
         return self.history
-
-    @property
-    def selection(self) -> str:
-        """How the reported weights were chosen (results.json ``selection``)."""
-        return "last" if self.best is None else f"val_acc (best epoch {self.best['epoch']})"
-
-    def early_stopping(self) -> dict[str, float]:
-        """Accuracy and loss on the labelled validation split (part of an inductive task's label budget): keeps
-        the best weights (higher accuracy, ties broken by lower loss, as a few validation images tie often) and
-        sets ``stopped`` after ``method.patience`` epochs without improvement."""
-        val = predict(self.method, self.task.val, self.device, self.cfg.eval_batch_size)
-        val_acc = accuracy(val.logits, val.labels)
-        val_loss = torch.nn.functional.cross_entropy(val.logits, val.labels).item()
-        best = self.best
-        if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
-            state = {k: v.detach().cpu().clone() for k, v in self.method.state_dict().items()}
-            self.best = {"epoch": self.epoch, "val_acc": val_acc, "val_loss": val_loss, "method": state}
-        patience = self.method.patience
-        self.stopped = patience is not None and self.epoch - self.best["epoch"] >= patience
-        return {"val_acc": val_acc, "val_loss": val_loss}
-
-    def write_log(self) -> None:
-        keys: list[str] = []
-        for row in self.history:
-            keys += [k for k in row if k not in keys]
-        with open(self.log_path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.history)

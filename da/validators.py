@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from da.errors import ConfigError
-from da.train import Trainer
 
 VALIDATORS = ("im", "snd", "entropy")
 
@@ -91,16 +90,3 @@ def best_epochs(history: list[dict[str, float]]) -> dict[str, int]:
         if epoch is not None:
             out[name] = epoch
     return out
-
-
-class ValidatedTrainer(Trainer):
-    """The shared trainer, plus the label-free scores of each epoch's model in log.csv (``im_score``, ...).
-
-    The scores use the unlabelled target training split only; they are logged beside the test accuracies so a
-    reader can see which epoch a validator would pick (``validator_best_epoch`` in results.json).
-    """
-
-    def evaluate(self) -> dict[str, float]:
-        out = super().evaluate()
-        out.update(epoch_scores(self.method, self.task.target_train, self.device, self.cfg.eval_batch_size))
-        return out

@@ -7,8 +7,9 @@ import urllib.error
 import pytest
 import torch
 
-import da.train
+import da.selection
 from da.backbones import BACKBONES, BackboneConfig, build_model
+from da.build import load_backbone
 from da.config import compose, to_dataclass
 from da.data import DATASETS, build_task
 from da.data.augment import build_augment
@@ -60,6 +61,8 @@ def finetune_trainer(run_dir, backbone: BackboneConfig, epochs: int = 2, **metho
     cfg = FinetuneConfig(labels_per_class=8, val_fraction=0.25, **method)
     task = Finetune.prepare_task(synthetic_task(), cfg, seed=0)
     model = build_model(backbone, task.num_classes, task.in_channels, task.image_size)
+    if backbone.checkpoint:
+        load_backbone(model, backbone.checkpoint)
     trainer_cfg = TrainerConfig(epochs=epochs, steps_per_epoch=3, batch_size=6, lr=0.05, progress_bar=False)
     return Trainer(trainer_cfg, Finetune(model, cfg, task.num_classes), task, str(run_dir), torch.device("cpu"), 0)
 
@@ -134,9 +137,9 @@ def test_l2sp_is_zero_at_the_pretrained_weights_and_grows_away():
 
 def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch):
     scripted = iter([0.2, 0.6, 0.4, 0.3, 0.5, 0.9])  # best at epoch 2; patience 3 stops after epoch 5
-    real = da.train.accuracy
+    real = da.selection.accuracy
     monkeypatch.setattr(  # the validation split has 6 images (2 per class); the val accuracy is scripted
-        da.train, "accuracy", lambda logits, labels: next(scripted) if len(labels) == 6 else real(logits, labels)
+        da.selection, "accuracy", lambda logits, labels: next(scripted) if len(labels) == 6 else real(logits, labels)
     )
     snapshots = []
     save = Trainer.save_checkpoint

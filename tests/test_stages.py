@@ -9,10 +9,11 @@ import torch
 
 import da.experiment
 from da.backbones import BackboneConfig, build_model
+from da.build import load_model
 from da.config import to_dataclass
 from da.errors import ConfigError
-from da.experiment import fit
-from da.stages import load_model, resolve_init, source_checkpoint, source_stage_config
+from da.experiment import fit, resolve_init, source_checkpoint
+from da.stages import source_stage_config
 from tests.conftest import run_cli, tiny_cfg
 
 

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
+import da.build
 import da.experiment
 from da import augment_tensor, losses
 from da.data.base import Task
 from da.errors import ConfigError
-from da.experiment import fit
+from da.experiment import fit, source_checkpoint
 from da.methods.self_training import SelfTraining, SelfTrainingConfig, select_class_balanced, select_confident
 from da.methods.shot import shot_pseudo_labels
-from da.stages import source_checkpoint
 from tests.conftest import tiny_cfg
 
 # ---------------------------------------------------------------- pseudo-label selection (hand-made tables)
@@ -136,7 +136,7 @@ class Forbidden(torch.utils.data.Dataset):
 
 def _forbid_source(monkeypatch) -> list[Forbidden]:
     spies: list[Forbidden] = []
-    build = da.experiment.build_task
+    build = da.build.build_task
 
     def build_without_source(*args, **kwargs) -> Task:
         task = build(*args, **kwargs)
@@ -144,7 +144,7 @@ def _forbid_source(monkeypatch) -> list[Forbidden]:
         spies.extend([task.source_train, task.source_test])
         return task
 
-    monkeypatch.setattr(da.experiment, "build_task", build_without_source)
+    monkeypatch.setattr(da.build, "build_task", build_without_source)
     return spies
 
 
@@ -192,7 +192,7 @@ def test_shot_freezes_the_source_head_and_logs_pseudo_labels(shot_run):
 def test_self_training_methods_run_and_log_pseudo_labels(tmp_path, method, shot_run):
     init = f"init={shot_run[0] / 'source_stage'}"  # any source model will do: reuse the one trained above
     result = fit(tiny_cfg(f"method={method}", "method.threshold=0.0", init), run_dir=str(tmp_path), quiet=True)
-    assert result["init"] == str(shot_run[1]) and 0.0 <= result["target_acc"] <= 1.0
+    assert result["init"] == str(shot_run[0] / "source_stage" / "model.pt") and 0.0 <= result["target_acc"] <= 1.0
     header, *rows = (tmp_path / "log.csv").read_text().splitlines()
     assert "pl_coverage" in header
     coverage = float(rows[-1].split(",")[header.split(",").index("pl_coverage")])

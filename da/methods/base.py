@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from da.backbones import ImageClassifier
+from da.evaluate import Predictions, predict
 from da.registry import Registry
 
 if TYPE_CHECKING:
     from da.data.base import Task, Unlabelled
-    from da.evaluate import Predictions
 
 
 @dataclass
@@ -77,6 +77,13 @@ class Method(nn.Module):
         """Bottleneck features (B, D), used by validators and figures."""
         return self.model(x)[1]
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(predict(x), features(x))`` in one forward pass unless a method overrides either of them;
+        evaluation, validators and figures read a model through this."""
+        if type(self).predict is Method.predict and type(self).features is Method.features:
+            return self.model(x)
+        return self.predict(x), self.features(x)
+
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser groups: the backbone at ``lr * backbone_lr_factor``, everything else at ``lr``."""
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
@@ -101,8 +108,6 @@ class EpochContext:
 
     def predict_target(self, method: Method) -> Predictions:
         """Logits and features of ``method`` (eval mode) for every target training image, in index order."""
-        from da.evaluate import predict
-
         return predict(method, self.target_train, self.device, self.batch_size)
 
 

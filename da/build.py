@@ -1,0 +1,194 @@
+"""One assembly of a run's parts: config -> task -> ``prepare_task`` -> model (+ starting weights) -> method.
+
+``fit`` (training), :func:`load_run` (a finished run, in a notebook), figure restoration (``da.plots``) and
+the tests all build through :func:`build_run`, so the chain exists once. The starting weights come from the
+top-level ``init`` key (see :mod:`da.stages`); ``backbone.checkpoint`` is a deprecated alias kept so earlier
+commands still run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from da import checkpoint
+from da.backbones import BackboneConfig, ImageClassifier, build_model
+from da.config import check_top_level, to_dataclass
+from da.data import DATASETS, build_task
+from da.data.base import Task
+from da.errors import ConfigError
+from da.methods import METHODS, Method, MethodConfig
+from da.train import TrainerConfig, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Configs:
+    """The typed sections of a composed config (unknown keys and bad values fail when these are built)."""
+
+    method_cls: type[Method]
+    method: MethodConfig
+    dataset: Any
+    backbone: BackboneConfig
+    trainer: TrainerConfig
+
+
+def typed_configs(cfg: DictConfig) -> Configs:
+    check_top_level(cfg)
+    method_cls = METHODS.get(cfg.method.name)
+    return Configs(
+        method_cls=method_cls,
+        method=to_dataclass(cfg.method, method_cls.Config, "method"),
+        dataset=to_dataclass(cfg.dataset, DATASETS.get(cfg.dataset.name).config, "dataset"),
+        backbone=to_dataclass(cfg.backbone, BackboneConfig, "backbone"),
+        trainer=to_dataclass(cfg.trainer, TrainerConfig, "trainer"),
+    )
+
+
+@dataclass
+class RunParts:
+    cfg: DictConfig
+    configs: Configs
+    task: Task
+    method: Method
+
+    @property
+    def model(self) -> ImageClassifier:
+        return self.method.model
+
+
+def load_model(model: ImageClassifier, path: str | None, what: str = "init") -> None:
+    """Load the saved model at ``path`` (run folder, model.pt, checkpoint.pt or state_dict) into ``model``.
+
+    Backbone, bottleneck and head are all loaded. When only the number of classes differs (a new label set),
+    the head stays new and the rest is loaded; any other mismatch is an error.
+    """
+    if path is None:
+        return
+    state = checkpoint.read_model_state(path, what)
+    own = model.state_dict()
+    saved_head, own_head = state.get("head.weight"), own["head.weight"]
+    new_classes = saved_head is not None and saved_head.shape[0] != own_head.shape[0]
+    if new_classes and saved_head.shape[1:] == own_head.shape[1:]:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        log.info(
+            "%s: %s has %d classes, this task %d: the head is new",
+            what,
+            path,
+            *(saved_head.shape[0], own_head.shape[0]),
+        )
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        lines = str(err).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else str(err)
+        raise ConfigError(f"{what}: {path} does not match this model ({first})") from err
+    missing = [k for k in missing if not (new_classes and k.startswith("head."))]
+    if missing or unexpected:
+        first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise ConfigError(f"{what}: {path} does not match this model ({first})")
+
+
+def load_backbone(model: ImageClassifier, path: str) -> None:
+    """Deprecated ``backbone.checkpoint``: the backbone's weights only, from a run or a backbone state_dict."""
+    log.warning(
+        "backbone.checkpoint is deprecated: use init=<run folder or file> (loads the whole model; the head "
+        "stays new when the number of classes differs)"
+    )
+    state = checkpoint.read_model_state(path, "backbone.checkpoint")
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    if unexpected or len(missing) == len(list(model.backbone.state_dict())):
+        raise ConfigError(f"backbone.checkpoint: {path} does not match the backbone (missing {len(missing)} keys)")
+
+
+def build_run(
+    cfg: DictConfig,
+    init_path: str | None = None,
+    tasks: dict | None = None,
+    pretrained: bool = True,
+) -> RunParts:
+    """Seed, build the task (``tasks`` caches tasks across calls, keyed by dataset config and seed), let the
+    method reshape it, build the model, load its starting weights and wrap it in the method.
+
+    ``pretrained=False`` skips downloading/reading backbone weights (they are about to be overwritten, e.g.
+    by a finished run's weights).
+    """
+    configs = typed_configs(cfg)
+    seed = int(cfg.seed)
+    seed_everything(seed)
+    key = (repr(configs.dataset), seed)
+    if tasks is not None and key in tasks:
+        task = tasks[key]
+    else:
+        task = build_task(configs.dataset, seed, os.path.expanduser(str(cfg.data_root)))
+        if tasks is not None:
+            tasks[key] = task
+    task = configs.method_cls.prepare_task(task, configs.method, seed)  # inductive: the labelled target budget
+    backbone_cfg = configs.backbone
+    if not pretrained:
+        backbone_cfg = BackboneConfig(**{**vars(backbone_cfg), "weights": None, "checkpoint": None})
+    model = build_model(backbone_cfg, task.num_classes, task.in_channels, task.image_size)
+    if backbone_cfg.checkpoint:
+        load_backbone(model, os.path.expanduser(backbone_cfg.checkpoint))
+    load_model(model, init_path)  # the whole model from the init checkpoint, if any
+    method = configs.method_cls(model, configs.method, task.num_classes)
+    return RunParts(cfg, configs, task, method)
+
+
+@dataclass
+class LoadedRun:
+    """A finished run: its config, results and trained method (eval mode), ready for ``predict``."""
+
+    run_dir: str
+    cfg: DictConfig
+    results: dict[str, Any]
+    method: Method
+    _task: Task | None = field(default=None, repr=False)
+
+    @property
+    def model(self) -> ImageClassifier:
+        return self.method.model
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, K) of images prepared as the run's test split prepares them."""
+        device = next(self.method.parameters()).device
+        return self.method.predict(x.to(device))
+
+    @property
+    def task(self) -> Task:
+        """The run's task, built on first use (real datasets must be on disk)."""
+        if self._task is None:
+            self._task = build_run(self.cfg, pretrained=False).task
+        return self._task
+
+
+def load_run(run_dir: str, device: str = "cpu") -> LoadedRun:
+    """The trained model of a finished run folder (its reported weights, ``model.pt``) and its config."""
+    results = checkpoint_results(run_dir)
+    cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
+    parts = build_run(cfg, pretrained=False)
+    state = torch.load(os.path.join(run_dir, checkpoint.MODEL), map_location="cpu", weights_only=True)
+    parts.method.model.load_state_dict(state)
+    parts.method.to(device).eval()
+    return LoadedRun(run_dir, cfg, results, parts.method, parts.task)
+
+
+def checkpoint_results(run_dir: str) -> dict[str, Any]:
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.isfile(os.path.join(run_dir, checkpoint.MODEL)):
+        raise ConfigError(f"{run_dir} holds no model.pt: the run has not finished (or predates model.pt)")
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{run_dir}: cannot read results.json ({type(err).__name__})") from err
