@@ -34,15 +34,15 @@ def save(obj: Any, path: str) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def load(path: str, what: str, weights_only: bool = False) -> Any:
-    """``torch.load`` on the CPU; an unreadable file (truncated, empty, foreign) is one ConfigError."""
+def load(path: str, what: str, weights_only: bool = False, hint: str = "") -> Any:
+    """``torch.load`` on the CPU; an unreadable file (truncated, empty, foreign) is one ConfigError (+ ``hint``)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except FileNotFoundError as err:
         raise ConfigError(f"{what}: file not found: {path}") from err
     except Exception as err:
         raise ConfigError(
-            f"{what}: cannot read {path} as a torch file ({type(err).__name__}: {str(err).splitlines()[0][:80]})"
+            f"{what}: cannot read {path} as a torch file ({type(err).__name__}: {(str(err).splitlines() or [""])[0][:80]})" + hint
         ) from err
 
 

@@ -149,7 +149,7 @@ def read_resumable(run_dir: str, signature: dict[str, Any]) -> dict[str, Any] | 
     path = os.path.join(run_dir, checkpoint.CHECKPOINT)
     if not os.path.isfile(path):
         return None
-    state = checkpoint.load(path, "resume")
+    state = checkpoint.load(path, "resume", hint="; delete it, or run with trainer.resume=false to start afresh")
     if not isinstance(state, dict) or "method" not in state:
         raise ConfigError(f"resume: {path} is not a checkpoint of this package; delete it or use trainer.resume=false")
     check_resumable(state, signature, path)
@@ -347,8 +347,11 @@ class Trainer:
 
     def _kept(self) -> str:
         """What survives a divergence: the last checkpoint, if one was written."""
-        where = f"epoch {self.epoch} (epoch {self.epoch + 1} diverged)"
-        kept = f"the checkpoint of {where} is kept in {self.run_dir}" if self.epoch else "no checkpoint was written"
+        kept = (
+            f"the checkpoint of epoch {self.epoch} is kept in {self.run_dir}"
+            if self.epoch
+            else "no checkpoint was written"
+        )
         return f"lower trainer.lr (now {self.cfg.lr}); {kept}"
 
     # ------------------------------------------------------------------ the loop

@@ -1,0 +1,322 @@
+"""Issue 10: every fault leaves a consistent run folder, every bad input gets one clear line.
+
+Numbers in the test names refer to the items of the issue. Subprocess tests (kill -9, two runs in one folder)
+use the CLI on tiny budgets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+
+import pytest
+import torch
+
+import da.experiment
+import da.train
+from da.errors import ConfigError
+from da.experiment import fit
+
+from .conftest import TINY, run_cli, tiny_cfg
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------ run folder consistency
+def test_01_refused_resume_leaves_config_yaml_untouched(tmp_path):
+    fit(tiny_cfg("trainer.epochs=1"), run_dir=str(tmp_path), quiet=True)
+    before = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="different config"):
+        fit(tiny_cfg("trainer.epochs=1", "trainer.lr=0.5"), run_dir=str(tmp_path), quiet=True)
+    assert (tmp_path / "config.yaml").read_text() == before
+
+
+def test_02_resume_flag_is_not_fingerprinted_and_errors_name_the_key(tmp_path):
+    first = fit(tiny_cfg("trainer.epochs=1", "trainer.resume=false"), run_dir=str(tmp_path), quiet=True)
+    again = fit(tiny_cfg("trainer.epochs=1"), run_dir=str(tmp_path), quiet=True)  # resumes the finished run
+    assert again["target_acc"] == first["target_acc"] and again["steps"] == first["steps"]
+    with pytest.raises(ConfigError, match=r"trainer\.momentum"):
+        fit(tiny_cfg("trainer.epochs=1", "trainer.momentum=0.5"), run_dir=str(tmp_path), quiet=True)
+
+
+def test_03_changing_epochs_is_refused_not_silently_reported(tmp_path):
+    fit(tiny_cfg("trainer.epochs=2"), run_dir=str(tmp_path), quiet=True)
+    for epochs in (1, 3):  # shorter: would report the longer run; longer: another LR schedule than a fresh run
+        with pytest.raises(ConfigError, match=r"trainer\.epochs"):
+            fit(tiny_cfg(f"trainer.epochs={epochs}"), run_dir=str(tmp_path), quiet=True)
+    assert json.loads((tmp_path / "results.json").read_text())["epochs"] == 2
+    assert "epochs: 2" in (tmp_path / "config.yaml").read_text()
+
+
+def test_04_a_failed_write_keeps_the_previous_results(tmp_path, monkeypatch):
+    first = fit(tiny_cfg("trainer.epochs=1"), run_dir=str(tmp_path), quiet=True)
+    monkeypatch.setattr(da.experiment, "versions", lambda: {"torch": object()})  # not serialisable: json fails
+    with pytest.raises(TypeError):
+        fit(tiny_cfg("trainer.epochs=1"), run_dir=str(tmp_path), quiet=True)
+    assert json.loads((tmp_path / "results.json").read_text())["target_acc"] == first["target_acc"]
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_04_truncated_source_stage_results_are_retrained_not_a_traceback(tmp_path):
+    cfg = tiny_cfg("method=shot", "method.source_epochs=1", "trainer.epochs=1")
+    first = fit(cfg, run_dir=str(tmp_path), quiet=True)
+    stage = tmp_path / "source_stage" / "results.json"
+    stage.write_text(stage.read_text()[:40])  # as a crash in the middle of a plain open("w") write left it
+    (tmp_path / "results.json").unlink()
+    (tmp_path / "checkpoint.pt").unlink()
+    again = fit(cfg, run_dir=str(tmp_path), quiet=True)
+    assert again["target_acc"] == first["target_acc"]
+    assert json.loads(stage.read_text())["method"] == "source_only"
+
+
+def test_05_two_runs_in_one_folder_second_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "trainer.epochs=40", "trainer.steps_per_epoch=20", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    first = subprocess.Popen([sys.executable, "-m", "da.run", *args], env=env, stdout=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (run_dir / "log.csv").is_file(), first)
+        second = run_cli(*args, "seed=1")
+        line = _one_line_error(second)
+        assert "in use by another run" in line
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+    assert "seed: 0" in (run_dir / "config.yaml").read_text()  # the second run wrote nothing
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["signature"]["seed"] == 0
+
+
+def test_05_stale_temporary_files_are_removed(tmp_path):
+    (tmp_path / "checkpoint.pt.tmp").write_bytes(b"x" * 1000)  # left by a failure of an earlier version
+    (tmp_path / ".results.json.abc.tmp").write_text("{")
+    fit(tiny_cfg("trainer.epochs=1"), run_dir=str(tmp_path), quiet=True)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"])
+def test_06_unreadable_checkpoint_is_one_clear_line(tmp_path, content):
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(ConfigError, match="trainer.resume=false"):
+        fit(tiny_cfg("trainer.epochs=1"), run_dir=str(tmp_path), quiet=True)
+    line = _one_line_error(run_cli(*TINY, f"hydra.run.dir={tmp_path}"))
+    assert "checkpoint.pt" in line and "trainer.resume=false" in line
+    fresh = fit(tiny_cfg("trainer.epochs=1", "trainer.resume=false"), run_dir=str(tmp_path), quiet=True)
+    assert fresh["epochs"] == 1
+
+
+# ------------------------------------------------------------------ bad values and paths
+def test_07_bad_values_and_files_are_one_line(tmp_path):
+    assert "trainer.momentum" in _one_line_error(run_cli("trainer.momentum=-5", cwd=str(tmp_path)))
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a torch file")
+    line = _one_line_error(run_cli(*TINY, f"backbone.checkpoint={junk}", cwd=str(tmp_path)))
+    assert "junk.pt" in line
+    line = _one_line_error(run_cli("-m", "method=dann,coral", "foo=1", cwd=str(tmp_path)))
+    assert "foo" in line and "+foo" not in line
+    line = _one_line_error(run_cli("foo=1", cwd=str(tmp_path)))
+    assert "+foo" not in line and "valid keys" in line
+    line = _one_line_error(run_cli("-m", "method=source_only,dann", "method.trade_off=2", cwd=str(tmp_path)))
+    assert "method.trade_off" in line  # source_only has no trade_off: caught before any job starts
+    assert not (tmp_path / "multirun").exists()
+
+
+def test_08_run_folder_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for run_dir in (blocker, blocker / "sub" / "run"):
+        line = _one_line_error(run_cli(*TINY, f"hydra.run.dir={run_dir}", cwd=str(tmp_path)))
+        assert str(blocker) in line
+    if os.geteuid() != 0:  # root writes anywhere; a read-only mount is the same check (os.access)
+        locked = tmp_path / "ro"
+        locked.mkdir()
+        locked.chmod(0o555)
+        line = _one_line_error(run_cli(*TINY, f"hydra.run.dir={locked / 'run'}", cwd=str(tmp_path)))
+        assert "not writable" in line
+
+
+def test_09_offline_weights_print_no_download_line(tmp_path, monkeypatch, capfd):
+    from da.backbones import BACKBONES
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ConfigError, match="not on disk"):
+        BACKBONES.get("resnet18")(weights="IMAGENET1K_V1")
+    assert "Downloading" not in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------ divergence
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_10_non_finite_weights_after_the_last_step_stop_the_run(tmp_path, monkeypatch, epochs):
+    steps = {"n": 0}
+    real_step = torch.optim.SGD.step
+
+    def poisoned(self, *args, **kwargs):  # the loss was finite, the update is not (last step of the run)
+        out = real_step(self, *args, **kwargs)
+        steps["n"] += 1
+        if steps["n"] == 4 * epochs:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", poisoned)
+    with pytest.raises(FloatingPointError) as err:
+        fit(tiny_cfg(f"trainer.epochs={epochs}"), run_dir=str(tmp_path), quiet=True)
+    assert not (tmp_path / "results.json").exists()
+    if epochs == 1:
+        assert "no checkpoint was written" in str(err.value) and not (tmp_path / "checkpoint.pt").exists()
+    else:
+        assert "checkpoint of epoch 1 is kept" in str(err.value)
+        assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1
+
+
+def test_10_results_json_is_strict_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(da.experiment, "epoch_scores", lambda *args: {"im_score": float("nan")})
+    fit(tiny_cfg("trainer.epochs=1"), run_dir=str(tmp_path), quiet=True)
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and json.loads(text)["validators"]["im"] is None
+
+
+# ------------------------------------------------------------------ correctness found in review
+def test_14_evaluation_uses_the_methods_own_predict(tmp_path):
+    from da.evaluate import predict
+    from da.methods import METHODS
+
+    cfg = tiny_cfg("trainer.epochs=1")
+    fit(cfg, run_dir=str(tmp_path), quiet=True)
+    run = da.load_run(str(tmp_path))
+
+    class Flipped(METHODS.get("source_only")):
+        def predict(self, x):
+            return -self.model(x)[0]
+
+    method = Flipped(run.model, run.method.cfg, 10)
+    ours = predict(method, run.task.target_test, torch.device("cpu"))
+    plain = predict(run.method, run.task.target_test, torch.device("cpu"))
+    torch.testing.assert_close(ours.logits, -plain.logits)
+    torch.testing.assert_close(ours.features, plain.features)
+
+
+def test_15_cuda_rng_state_is_saved_and_restored(monkeypatch):
+    from da import checkpoint
+
+    saved = [torch.ByteTensor([1, 2, 3])]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.append(states))
+    state = checkpoint.rng_state()
+    assert state["cuda"] is saved
+    checkpoint.set_rng_state(state)
+    assert torch.equal(restored[0][0], saved[0])
+
+
+def test_15_deterministic_mode(tmp_path, monkeypatch):
+    seen = []
+    original = da.train.Trainer.train_epoch
+
+    def spy(self, progress):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return original(self, progress)
+
+    monkeypatch.setattr(da.train.Trainer, "train_epoch", spy)
+    a = fit(tiny_cfg("trainer.deterministic=true"), run_dir=str(tmp_path / "a"), quiet=True)
+    assert seen and all(seen)
+    b = fit(tiny_cfg(), run_dir=str(tmp_path / "b"), quiet=True)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert a["target_acc"] == b["target_acc"]  # on the CPU the default kernels are deterministic already
+
+
+# ------------------------------------------------------------------ what a user of long runs expects
+def test_model_pt_and_load_run_reproduce_the_reported_accuracy(tmp_path):
+    from da.evaluate import accuracy, predict
+
+    result = fit(tiny_cfg("method=dann"), run_dir=str(tmp_path), quiet=True)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)  # plain weights: no pickle of numpy objects
+    assert {k.split(".")[0] for k in state} == {"backbone", "bottleneck", "head"}
+    run = da.load_run(str(tmp_path))
+    assert run.cfg.method.name == "dann" and run.results["target_acc"] == result["target_acc"]
+    x, y = next(iter(torch.utils.data.DataLoader(run.task.target_test, batch_size=len(run.task.target_test))))
+    assert accuracy(run.predict(x), y) == result["target_acc"]
+    assert accuracy(predict(run.method, run.task.target_test, torch.device("cpu")).logits, y) == result["target_acc"]
+
+
+def test_init_from_a_run_folder_reads_model_pt(tmp_path):
+    fit(tiny_cfg(), run_dir=str(tmp_path / "src"), quiet=True)
+    out = fit(tiny_cfg("method=dann", f"init={tmp_path / 'src'}"), run_dir=str(tmp_path / "b"), quiet=True)
+    assert out["init"] == str(tmp_path / "src" / "model.pt")
+
+
+def test_run_log_and_one_line_per_epoch_when_not_a_terminal(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(*TINY, "trainer.progress_bar=true", f"hydra.run.dir={out}", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stdout + proc.stderr
+    assert "epoch 1/2" in proc.stdout and "epoch 2/2" in proc.stdout
+    log = (out / "run.log").read_text()
+    assert "epoch 2/2" in log and "target acc" in log
+    bad = run_cli(*TINY, "trainer.steps_per_epoch=1", f"hydra.run.dir={out}", cwd=str(tmp_path))
+    assert bad.returncode == 2
+    assert "error: " in (out / "run.log").read_text().splitlines()[-1]  # the refusal is in the log too
+
+
+def test_run_log_in_a_notebook(tmp_path, capsys):
+    fit(tiny_cfg("trainer.epochs=1"), run_dir=str(tmp_path))
+    assert "target acc" in capsys.readouterr().out
+    assert "target acc" in (tmp_path / "run.log").read_text()
+
+
+def test_tensorboard_is_optional(tmp_path):
+    pytest.importorskip("tensorboard")
+    fit(tiny_cfg("trainer.tensorboard=true"), run_dir=str(tmp_path), quiet=True)
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "train/loss" in tags and "epoch/target_acc" in tags
+    assert len(acc.Scalars("train/loss")) == 8  # every step of 2 epochs x 4 steps
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path):
+    args = [*TINY, "trainer.epochs=6", "trainer.steps_per_epoch=25"]
+    straight = run_cli(*args, f"hydra.run.dir={tmp_path / 'a'}")
+    assert straight.returncode == 0, straight.stderr
+    run_dir = tmp_path / "b"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "da.run", *args, f"hydra.run.dir={run_dir}"], env=env)
+    _wait_for(lambda: (run_dir / "log.csv").is_file(), proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not (run_dir / "results.json").exists()
+    resumed = run_cli(*args, f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((run_dir / "results.json").read_text())
+    assert (a["target_acc"], a["steps"]) == (b["target_acc"], b["steps"])
+    assert len((run_dir / "log.csv").read_text().splitlines()) == 7
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, "the run ended before the test could interrupt it"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
