@@ -42,7 +42,8 @@ def load(path: str, what: str, weights_only: bool = False, hint: str = "") -> An
         raise ConfigError(f"{what}: file not found: {path}") from err
     except Exception as err:
         raise ConfigError(
-            f"{what}: cannot read {path} as a torch file ({type(err).__name__}: {(str(err).splitlines() or [""])[0][:80]})" + hint
+            f"{what}: cannot read {path} as a torch file ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:80]})"
+            + hint
         ) from err
 
 
