@@ -125,8 +125,8 @@ def torchvision_backbone(name: str, weights: str | None, **_: object) -> tuple[n
 
 
 class _deferred_download_line(contextlib.AbstractContextManager):
-    """Hold torch.hub's "Downloading: ..." line until the download is under way (its progress bar writes) or
-    done; drop it if the download fails, so an offline run shows only the one-line error."""
+    """Hold torch.hub's "Downloading: ..." line (written to stdout) until the download has succeeded; drop it if
+    the download fails, so an offline run shows only the one-line error. The progress bar (stderr) is untouched."""
 
     def __init__(self) -> None:
         self.held: list[str] = []
@@ -151,11 +151,11 @@ class _deferred_download_line(contextlib.AbstractContextManager):
         return getattr(self.saved, name)
 
     def __enter__(self) -> _deferred_download_line:
-        self.saved, sys.stderr = sys.stderr, self
+        self.saved, sys.stdout = sys.stdout, self
         return self
 
     def __exit__(self, exc_type, *exc: object) -> None:
-        sys.stderr = self.saved
+        sys.stdout = self.saved
         if exc_type is None:
             self.flush_held()
 
