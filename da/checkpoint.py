@@ -41,10 +41,8 @@ def load(path: str, what: str, weights_only: bool = False, hint: str = "") -> An
     except FileNotFoundError as err:
         raise ConfigError(f"{what}: file not found: {path}") from err
     except Exception as err:
-        raise ConfigError(
-            f"{what}: cannot read {path} as a torch file ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:80]})"
-            + hint
-        ) from err
+        first = (str(err).splitlines() or [""])[0][:80]
+        raise ConfigError(f"{what}: cannot read {path} as a torch file ({type(err).__name__}: {first}){hint}") from err
 
 
 def read_model_state(path: str, what: str = "init") -> dict[str, torch.Tensor]:
