@@ -176,6 +176,7 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, device: torch.device, res
         "git_commit": git_commit(),
         "config": resolved,
     }
+    results["collapse"] = trainer.monitor.collapse  # label-free collapse warning (da/monitor.py), or None
     results["device"] = device.type
     results["skipped_files"] = task.skipped_files
     if "budget" in task.notes:  # inductive: sizes of the labelled train / val splits and of the test set

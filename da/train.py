@@ -23,14 +23,15 @@ from da.data.base import Task, forever, make_loader
 from da.errors import ConfigError
 from da.evaluate import accuracy, predict
 from da.methods.base import EpochContext, Method
+from da.monitor import CollapseMonitor
 from da.runlog import MetricLog, Progress
 from da.selection import EarlyStopping
-from da.validators import epoch_scores
+from da.validators import score
 
 LR_SCHEDULES = ("dann", "cosine", "constant")
 #: Trainer keys that do not change what a run computes: left out of the config fingerprint, so a run folder
 #: can be resumed with another value (e.g. with the progress bar off).
-NOT_FINGERPRINTED = ("progress_bar", "resume", "tensorboard")
+NOT_FINGERPRINTED = ("progress_bar", "resume", "tensorboard", "collapse_fraction")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class TrainerConfig:
     resume: bool = True  # continue from checkpoint.pt when the run folder already holds one
     deterministic: bool = False  # torch.use_deterministic_algorithms + deterministic cuDNN (slower on GPU)
     tensorboard: bool = False  # also write per-step losses and per-epoch metrics to <run>/tensorboard
+    collapse_fraction: float = 0.5  # warn when the target's predicted-class entropy falls below this x its peak
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -69,6 +71,8 @@ class TrainerConfig:
             raise ConfigError("trainer.weight_decay and trainer.num_workers must be >= 0")
         if self.lr_gamma < 0 or self.lr_decay < 0:
             raise ConfigError("trainer.lr_gamma and trainer.lr_decay must be >= 0")
+        if not 0 <= self.collapse_fraction < 1:
+            raise ConfigError(f"trainer.collapse_fraction must be in [0, 1), got {self.collapse_fraction}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown trainer.lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
 
@@ -214,6 +218,7 @@ class Trainer:
         self.log = MetricLog(run_dir, cfg.tensorboard)
         self.early_stopping = EarlyStopping(method.patience) if task.val is not None else None
         self.stopped = False  # early stopping ended the run before cfg.epochs
+        self.monitor = CollapseMonitor(cfg.collapse_fraction)  # label-free: predictions on the unlabelled target
         self.checkpoint_path = os.path.join(run_dir, checkpoint.CHECKPOINT)
 
     @property
@@ -238,6 +243,7 @@ class Trainer:
             "history": self.history,
             "best": self.early_stopping.best if self.early_stopping is not None else None,
             "stopped": self.stopped,
+            "monitor": self.monitor.state_dict(),
             "signature": self.signature,
             "rng": checkpoint.rng_state(),
         }
@@ -252,6 +258,7 @@ class Trainer:
         if self.early_stopping is not None:
             self.early_stopping.best = state.get("best")
         self.stopped = state.get("stopped", False)
+        self.monitor.load_state_dict(state.get("monitor"))
         checkpoint.set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
@@ -270,10 +277,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
     def evaluate(self) -> dict[str, float]:
-        """Test accuracies (curves only: they choose nothing) and the label-free scores of this epoch's model.
+        """Test accuracies (curves only: they choose nothing), the label-free scores of this epoch's model and
+        the collapse monitor's statistics.
 
-        A source-free method is not evaluated on source images either. The validators read the unlabelled
-        target training split under the evaluation transform.
+        A source-free method is not evaluated on source images either. The validators and the monitor read the
+        unlabelled target training split under the evaluation transform, in one forward pass.
         """
         bs = self.cfg.eval_batch_size
         tgt = predict(self.method, self.task.target_test, self.device, bs)
@@ -281,8 +289,15 @@ class Trainer:
         if self.method.uses_source:
             src = predict(self.method, self.task.source_test, self.device, bs)
             out["source_acc"] = accuracy(src.logits, src.labels)
-        out.update(epoch_scores(self.method, _target_eval(self.task), self.device, bs))
+        logits_t = self.predict_target_train()
+        out.update({f"{k}_score": v for k, v in score(logits_t).items()})
+        out.update(self.monitor.update(self.epoch, logits_t))
         return out
+
+    def predict_target_train(self) -> torch.Tensor:
+        """Logits (N, K) on the unlabelled target training split, leaving training's random stream untouched."""
+        with torch.random.fork_rng(devices=[]):  # a DataLoader draws a seed from the global RNG
+            return predict(self.method, _target_eval(self.task), self.device, self.cfg.eval_batch_size).logits
 
     def pseudo_label_metrics(self) -> dict[str, float]:
         """Coverage of the method's pseudo-labels and (analysis only) their accuracy on the hidden labels."""
@@ -361,6 +376,8 @@ class Trainer:
         progress = Progress(self.cfg.progress_bar, self.total_steps, self.step, self.method.cfg.name, self.cfg.epochs)
         if resumed:
             progress.message(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
+        elif self.epoch == 0:
+            self.monitor.start(self.predict_target_train())  # the starting model's class marginal
         try:
             while self.epoch < self.cfg.epochs and not self.stopped:
                 row = self.train_epoch(progress)
