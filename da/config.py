@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from da.errors import ConfigError
 
 T = TypeVar("T")
-TOP_LEVEL_KEYS = ("method", "dataset", "backbone", "trainer", "seed", "device", "data_root", "init")
+TOP_LEVEL_KEYS = ("method", "dataset", "backbone", "trainer", "seed", "device", "data_root", "init", "selection")
 
 
 def config_dir() -> str:
@@ -95,5 +95,11 @@ def check_top_level(cfg: DictConfig) -> None:
     unknown = [k for k in cfg if k not in TOP_LEVEL_KEYS]
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
+    selection = cfg.get("selection", "last")
+    if selection is not None and selection != "last":
+        from da.validators import VALIDATORS
+
+        if selection not in VALIDATORS:
+            raise ConfigError(f"unknown selection {selection!r}; valid: last, {', '.join(VALIDATORS)}")
     if not isinstance(cfg.get("seed"), int) or cfg.seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {cfg.get('seed')!r}")

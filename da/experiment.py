@@ -21,12 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from da import checkpoint
 from da.build import build_run, typed_configs
+from da.errors import ConfigError
 from da.evaluate import accuracy, per_class_accuracy, predict
 from da.runfolder import locked_run_dir, read_json, write_json, write_text
 from da.runlog import log_to_run_folder
+from da.selection import oracle, selected_epochs
 from da.stages import SOURCE_STAGE_DIR, init_choice, source_stage_config
 from da.train import Trainer, fingerprint, read_resumable, select_device, set_deterministic
-from da.validators import best_epochs, epoch_scores
+from da.validators import VALIDATORS, best_epochs, epoch_scores
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,10 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
         init_path = resolve_init(cfg, configs.method_cls, run_dir, quiet)  # init=source: <run>/source_stage first
         parts = build_run(cfg, init_path)
         method, task = parts.method, parts.task
-        trainer = Trainer(configs.trainer, method, task, run_dir, device, cfg.seed, signature, resume_state)
+        rule = str(cfg.get("selection") or "last")
+        if task.val is not None and rule != "last":
+            raise ConfigError(f"selection={rule}: an inductive run selects on its labelled validation split; use last")
+        trainer = Trainer(configs.trainer, method, task, run_dir, device, cfg.seed, signature, resume_state, rule)
         del resume_state
         trainer.fit()
         results = _results(cfg, parts, trainer, device, resolved)
@@ -172,6 +177,9 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, device: torch.device, res
         # label-free scores of the reported weights on the unlabelled target train split (da/validators.py)
         "validators": {k.removesuffix("_score"): v for k, v in epoch_scores(method, target_eval, device, bs).items()},
         "validator_best_epoch": best_epochs(trainer.history),  # the epoch each validator would choose
+        # analysis only: each validator's pick and that epoch's target accuracy; the oracle (target labels)
+        "selected": selected_epochs(trainer.history, list(VALIDATORS)),
+        "oracle": oracle(trainer.history),
         "versions": versions(),
         "git_commit": git_commit(),
         "config": resolved,

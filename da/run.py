@@ -98,6 +98,21 @@ def check_overrides(args: list[str]) -> None:
         typed_configs(cfg)  # unknown keys and invalid values of every section
 
 
+def optuna_args(args: list[str]) -> list[str]:
+    """An Optuna sweep maximises the label-free score ``main`` returns: add ``direction=maximize`` (the plugin's
+    default is minimize, which would pick the worst configuration) and require a validator as ``selection``."""
+    from da.errors import ConfigError
+
+    if not any(a.replace("+", "").startswith("hydra/sweeper=optuna") for a in args):
+        return args
+    direction = [a for a in args if a.startswith("hydra.sweeper.direction=")]
+    if direction and direction[-1].split("=", 1)[1] != "maximize":
+        raise ConfigError("hydra.sweeper.direction must be maximize: da returns a validator score (higher = better)")
+    if not any(a.startswith("selection=") and a != "selection=last" for a in args):
+        raise ConfigError("an Optuna sweep maximises a label-free score: add selection=<validator> (e.g. snd)")
+    return args if direction else [*args, "hydra.sweeper.direction=maximize"]
+
+
 def main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -107,6 +122,11 @@ def main() -> None:
     from da.errors import ConfigError
 
     args = sys.argv[1:]
+    try:
+        args = optuna_args(args)
+    except ConfigError as err:
+        fail(str(err))
+    sys.argv[1:] = args
     if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):  # not --help, --cfg, ...
         try:
             check_overrides(args)
@@ -125,7 +145,8 @@ def main() -> None:
             fail(str(err), code=1)
         except KeyboardInterrupt:
             fail("interrupted; completed epochs are kept in checkpoint.pt; rerun in the same folder to resume", 130)
-        return results["target_acc"]
+        # what a sweeper (Optuna) maximises: the selected checkpoint's label-free score, never a target label
+        return results["selection"]["score"]
 
     _main()
 

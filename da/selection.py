@@ -42,3 +42,51 @@ class EarlyStopping:
     @property
     def rule(self) -> str:
         return "last" if self.best is None else f"val_acc (best epoch {self.best['epoch']})"
+
+
+class LabelFreeSelection:
+    """Keep the weights of the epoch with the best label-free validator score (``selection=<validator>``).
+
+    The score is read from the epoch's metrics (``<rule>_score``, computed on the unlabelled target training
+    split); ties go to the later epoch. ``rule="last"`` keeps nothing: the last epoch is reported.
+    """
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+        self.best: dict[str, Any] | None = None  # {"epoch", "score", "method" (CPU state)}
+
+    def update(self, epoch: int, metrics: dict[str, float], module: nn.Module) -> None:
+        if self.rule == "last":
+            return
+        value = metrics.get(f"{self.rule}_score")
+        if value is None or value != value:  # not computed, or NaN: never chosen
+            return
+        if self.best is None or value >= self.best["score"]:
+            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            self.best = {"epoch": epoch, "score": value, "method": state}
+
+
+def selected_epochs(history: list[dict[str, float]], validators: list[str]) -> dict[str, dict[str, float]]:
+    """For every validator logged per epoch: the epoch it would choose (ties: the later) and that epoch's target
+    accuracy. Analysis only — the accuracy is read after the choice and chooses nothing."""
+    out = {}
+    for name in validators:
+        scored = [(row[f"{name}_score"], row["epoch"], row.get("target_acc")) for row in history if _finite(row, name)]
+        if scored:
+            score, epoch, acc = max(scored, key=lambda t: (t[0], t[1]))
+            out[name] = {"epoch": epoch, "score": score, "target_acc": acc}
+    return out
+
+
+def oracle(history: list[dict[str, float]]) -> dict[str, Any] | None:
+    """The epoch with the best target *test* accuracy — for analysis only, never used to choose anything."""
+    rows = [r for r in history if r.get("target_acc") is not None]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: (r["target_acc"], -r["epoch"]))
+    return {"epoch": best["epoch"], "target_acc": best["target_acc"], "note": "analysis only: uses target labels"}
+
+
+def _finite(row: dict[str, float], name: str) -> bool:
+    value = row.get(f"{name}_score")
+    return isinstance(value, int | float) and value == value and abs(value) != float("inf")

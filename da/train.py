@@ -25,7 +25,7 @@ from da.evaluate import accuracy, predict
 from da.methods.base import EpochContext, Method
 from da.monitor import CollapseMonitor
 from da.runlog import MetricLog, Progress
-from da.selection import EarlyStopping
+from da.selection import EarlyStopping, LabelFreeSelection
 from da.validators import score
 
 LR_SCHEDULES = ("dann", "cosine", "constant")
@@ -190,6 +190,7 @@ class Trainer:
         seed: int,
         config_signature: dict | None = None,
         resume_state: dict | None = None,
+        selection: str = "last",
     ) -> None:
         self.cfg, self.method, self.task, self.run_dir = cfg, method, task, run_dir
         self.device, self.seed = device, seed
@@ -217,6 +218,7 @@ class Trainer:
         self.images_seen = 0
         self.log = MetricLog(run_dir, cfg.tensorboard)
         self.early_stopping = EarlyStopping(method.patience) if task.val is not None else None
+        self.label_free = LabelFreeSelection(selection)
         self.stopped = False  # early stopping ended the run before cfg.epochs
         self.monitor = CollapseMonitor(cfg.collapse_fraction)  # label-free: predictions on the unlabelled target
         self.checkpoint_path = os.path.join(run_dir, checkpoint.CHECKPOINT)
@@ -226,9 +228,15 @@ class Trainer:
         return self.log.rows
 
     @property
-    def selection(self) -> str:
-        """How the reported weights were chosen (results.json ``selection``)."""
-        return self.early_stopping.rule if self.early_stopping is not None else "last"
+    def selection(self) -> dict[str, Any]:
+        """How the reported weights were chosen (results.json ``selection``): {rule, epoch, score}."""
+        if self.early_stopping is not None and self.early_stopping.best is not None:
+            best = self.early_stopping.best
+            return {"rule": "val_acc", "epoch": best["epoch"], "score": best["val_acc"]}
+        if self.label_free.best is not None:
+            best = self.label_free.best
+            return {"rule": self.label_free.rule, "epoch": best["epoch"], "score": best["score"]}
+        return {"rule": "last", "epoch": self.epoch, "score": None}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -242,6 +250,7 @@ class Trainer:
             "images_seen": self.images_seen,
             "history": self.history,
             "best": self.early_stopping.best if self.early_stopping is not None else None,
+            "selected": self.label_free.best,
             "stopped": self.stopped,
             "monitor": self.monitor.state_dict(),
             "signature": self.signature,
@@ -258,6 +267,7 @@ class Trainer:
         if self.early_stopping is not None:
             self.early_stopping.best = state.get("best")
         self.stopped = state.get("stopped", False)
+        self.label_free.best = state.get("selected")
         self.monitor.load_state_dict(state.get("monitor"))
         checkpoint.set_rng_state(state["rng"])
 
@@ -389,6 +399,7 @@ class Trainer:
                     val = predict(self.method, self.task.val, self.device, self.cfg.eval_batch_size)
                     metrics.update(self.early_stopping.update(self.epoch, val.logits, val.labels, self.method))
                     self.stopped = self.early_stopping.should_stop(self.epoch)
+                self.label_free.update(self.epoch, metrics, self.method)
                 row = {"epoch": self.epoch, "step": self.step, **row, **metrics}
                 self.log.append({**row, "train_seconds": round(self.train_seconds, 3)})
                 self.save_checkpoint()
@@ -397,7 +408,7 @@ class Trainer:
         finally:
             progress.close()
             self.log.close()
-        best = self.early_stopping.best if self.early_stopping is not None else None
-        if best is not None:  # report the best validation epoch, not the last
+        best = self.early_stopping.best if self.early_stopping is not None else self.label_free.best
+        if best is not None:  # report the chosen epoch's weights, not the last
             self.method.load_state_dict(best["method"])
         return self.history

@@ -152,7 +152,7 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch):
     lenet = BackboneConfig(name="lenet", bottleneck_dim=0)
     trainer = finetune_trainer(tmp_path, lenet, epochs=6, patience=3)
     trainer.fit()
-    assert trainer.epoch == 5 and trainer.selection == "val_acc (best epoch 2)"
+    assert trainer.epoch == 5 and (trainer.selection["rule"], trainer.selection["epoch"]) == ("val_acc", 2)
     with open(tmp_path / "log.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [float(r["val_acc"]) for r in rows] == [0.2, 0.6, 0.4, 0.3, 0.5]
@@ -271,7 +271,7 @@ def test_finetune_on_a_two_class_folder_tree(tmp_path):
     )
     results = fit(cfg, run_dir=str(tmp_path / "run"), quiet=True)
     assert results["budget"]["train"] == 4 and results["budget"]["val"] == 2 and results["budget"]["test"] == 10
-    assert results["selection"].startswith("val_acc (best epoch") and 0 <= results["target_acc"] <= 1
+    assert results["selection"]["rule"] == "val_acc" and 0 <= results["target_acc"] <= 1
     dataset = to_dataclass(cfg.dataset, DATASETS.get("folder").config, "dataset")
     budget = Finetune.prepare_task(build_task(dataset, 0, ""), to_dataclass(cfg.method, FinetuneConfig, "m"), 0)
     assert not budget.val.dataset.transform.train  # validation images get the test split's centre crop

@@ -30,7 +30,7 @@ def test_results_json_schema(tmp_path):
     assert 0.0 <= on_disk["target_acc"] <= 1.0 and 0.0 <= on_disk["source_acc"] <= 1.0
     assert set(on_disk["per_class_acc"]) == {str(d) for d in range(10)}
     assert on_disk["epochs"] == 2 and on_disk["steps"] == 8
-    assert on_disk["selection"] == "last"
+    assert on_disk["selection"] == {"rule": "last", "epoch": on_disk["epochs"], "score": None}
     assert on_disk["method"] == "source_only" and on_disk["dataset"] == "digits"
     assert on_disk["source"] == "fonts" and on_disk["target"] == "sklearn" and on_disk["backbone"] == "lenet"
     assert on_disk["images_per_second"] > 0 and on_disk["versions"]["torch"] == torch.__version__

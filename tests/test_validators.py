@@ -85,7 +85,7 @@ def test_run_reports_validators_per_epoch_and_at_the_end(tmp_path, capsys):
     tmp_path = tmp_path / "1_dann"
     assert set(results["validators"]) == {"im", "snd", "entropy"}
     assert all(math.isfinite(v) for v in results["validators"].values())
-    assert results["selection"] == "last"
+    assert results["selection"]["rule"] == "last"
     with open(tmp_path / "log.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and all(row["im_score"] and row["snd_score"] for row in rows)
