@@ -211,3 +211,36 @@ def l1_norm(params: list[torch.Tensor]) -> torch.Tensor:
     if not params:
         return torch.zeros(())
     return sum(w.abs().sum() for w in params)
+
+
+# ---------------------------------------------------------------- collapse-safe self-training (issue 15)
+
+
+def align_distribution(probs_t: torch.Tensor, marginal_s: torch.Tensor, marginal_t: torch.Tensor) -> torch.Tensor:
+    """Distribution alignment: target probabilities (B, K) reweighted by the ratio of the source class marginal
+    to the target's (K,), renormalised per row. ReMixMatch (Berthelot et al., arXiv 1911.09785, Sec. 3.2); as
+    AdaMatch uses it (arXiv 2106.04732, Sec. 3.2): the marginals are the batch means of the weak-view predictions.
+    """
+    eps = torch.finfo(probs_t.dtype).tiny
+    aligned = probs_t * (marginal_s / marginal_t.clamp_min(eps))  # (B, K)
+    return aligned / aligned.sum(1, keepdim=True).clamp_min(eps)
+
+
+def relative_confidence_mask(probs_t: torch.Tensor, probs_s: torch.Tensor, tau: float = 0.9) -> torch.Tensor:
+    """AdaMatch's relative threshold: keep target rows whose top probability ≥ τ · (mean top probability of the
+    source batch), so the cut-off follows the model's confidence on data it knows. arXiv 2106.04732, Sec. 3.3."""
+    c_tau = tau * probs_s.max(1).values.mean()
+    return probs_t.max(1).values >= c_tau  # (B,)
+
+
+def random_logit_interpolation(joint: torch.Tensor, alone: torch.Tensor) -> torch.Tensor:
+    """λ·joint + (1 − λ)·alone with λ ~ U(0, 1) drawn per element: source logits from a forward pass with both
+    domains in the batch-norm statistics and one with the source alone. AdaMatch, arXiv 2106.04732, Sec. 3.1."""
+    lam = torch.rand_like(joint)
+    return lam * joint + (1.0 - lam) * alone
+
+
+def adamatch_warmup(progress: float) -> float:
+    """AdaMatch's target-loss weight μ(t) = 1/2 − cos(min(π, 2πt/T))/2: from 0 to 1 over the first half of
+    training, then 1. arXiv 2106.04732, Sec. 3.4."""
+    return 0.5 - math.cos(min(math.pi, 2.0 * math.pi * progress)) / 2.0

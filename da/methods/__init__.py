@@ -1,6 +1,7 @@
 """Method registry: one file per method, imported here in one line each so it registers by name."""
 
 from da.methods import (
+    adamatch,  # noqa: F401
     bnm,  # noqa: F401
     cdan,  # noqa: F401
     coral,  # noqa: F401
