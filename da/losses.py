@@ -244,3 +244,15 @@ def adamatch_warmup(progress: float) -> float:
     """AdaMatch's target-loss weight μ(t) = 1/2 − cos(min(π, 2πt/T))/2: from 0 to 1 over the first half of
     training, then 1. arXiv 2106.04732, Sec. 3.4."""
     return 0.5 - math.cos(min(math.pi, 2.0 * math.pi * progress)) / 2.0
+
+
+def flexmatch_thresholds(learned: torch.Tensor, num_classes: int, threshold: float) -> torch.Tensor:
+    """FlexMatch's per-class thresholds (Zhang et al., NeurIPS 2021, arXiv 2110.08263, Eq. 6-7, with its
+    threshold warm-up): σ_c = number of target images whose latest confident prediction is c (``learned`` (N,),
+    −1 where none); β_c = σ_c / max(max_c σ_c, #unlabelled-yet); T_c = β_c / (2 − β_c) · τ. A class the model
+    already predicts often keeps τ; a neglected class gets a lower bar, which counters the drift to a few classes.
+    """
+    sigma = torch.bincount(learned[learned >= 0], minlength=num_classes).float()  # (K,)
+    unused = (learned < 0).sum().float()
+    beta = sigma / torch.maximum(sigma.max(), unused).clamp_min(1.0)
+    return beta / (2.0 - beta) * threshold  # (K,)

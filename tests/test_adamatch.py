@@ -40,3 +40,13 @@ def test_random_logit_interpolation_lies_between_its_ends():
 @pytest.mark.parametrize(("progress", "mu"), [(0.0, 0.0), (0.25, 0.5), (0.5, 1.0), (0.75, 1.0), (1.0, 1.0)])
 def test_warmup_schedule(progress, mu):
     assert losses.adamatch_warmup(progress) == pytest.approx(mu, abs=1e-12)
+
+
+def test_flexmatch_thresholds_lower_the_bar_for_neglected_classes():
+    learned = torch.tensor([0, 0, 0, 0, 1, -1, -1])  # class 0 learned often, class 1 once, class 2 never
+    t = losses.flexmatch_thresholds(learned, 3, threshold=0.95)
+    assert t[0] == pytest.approx(0.95)  # beta = 4 / max(4, 2) = 1 -> the full threshold
+    assert t[1] == pytest.approx((0.25 / 1.75) * 0.95)  # beta = 1 / 4
+    assert t[2] == 0.0  # nothing learned yet
+    warm = losses.flexmatch_thresholds(torch.tensor([0, -1, -1, -1]), 2, threshold=0.9)
+    assert warm[0] == pytest.approx((1 / 3) / (2 - 1 / 3) * 0.9)  # warm-up: divided by the 3 unused samples

@@ -19,11 +19,14 @@ class DatasetEntry:
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
+DIGIT_DOMAINS = ("fonts", "sklearn", "sklearn_inverted")
+
+
 @dataclass
 class DigitsConfig:
     name: str = "digits"
-    source: str = "fonts"  # fonts | sklearn
-    target: str = "sklearn"  # sklearn | fonts
+    source: str = "fonts"  # fonts | sklearn | sklearn_inverted
+    target: str = "sklearn"  # sklearn | fonts | sklearn_inverted (the hard shift: inverted intensities)
     image_size: int = 28
     samples_per_class: int = 500  # synthetic images per digit
     target_test_fraction: float = 0.3
@@ -31,8 +34,9 @@ class DigitsConfig:
 
     def __post_init__(self) -> None:
         for key in ("source", "target"):
-            if getattr(self, key) not in ("fonts", "sklearn"):
-                raise ConfigError(f"dataset.{key} for digits must be fonts or sklearn, got {getattr(self, key)!r}")
+            if getattr(self, key) not in DIGIT_DOMAINS:
+                valid = ", ".join(DIGIT_DOMAINS)
+                raise ConfigError(f"dataset.{key} for digits must be one of {valid}, got {getattr(self, key)!r}")
         if self.image_size < 8:
             raise ConfigError(f"dataset.image_size must be >= 8, got {self.image_size}")
         if self.samples_per_class < 2:

@@ -134,8 +134,10 @@ def _domain(
     if name == "fonts":
         images, labels = render_digits(samples_per_class, seed)
         split_seed = seed
-    else:
+    else:  # sklearn, or sklearn_inverted: the same images with inverted intensities (the hard shift)
         images, labels = load_sklearn_digits()
+        if name == "sklearn_inverted":
+            images = 1.0 - images
         split_seed = TARGET_SPLIT_SEED
     train, test = train_test_split(
         np.arange(len(labels)), test_size=test_fraction, stratify=labels, random_state=split_seed

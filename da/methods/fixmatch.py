@@ -4,6 +4,12 @@ Sohn et al., NeurIPS 2020, arXiv 2001.07685, used for unsupervised DA as in TLli
 plus ``trade_off`` · the masked consistency loss (:func:`da.losses.fixmatch`). The two views are made per batch
 on tensors (:mod:`da.augment_tensor`): weak = a small shift (a horizontal flip only with ``hflip``, never for
 digits), strong = RandAugment + Cutout. Only weak-view predictions with confidence ≥ ``threshold`` contribute.
+
+Two options against confirmation bias on a hard shift (off by default: the paper has neither):
+``distribution_alignment`` reweights the target's weak-view probabilities by the source batch's predicted class
+marginal over the target batch's (ReMixMatch, arXiv 1911.09785; as in AdaMatch, arXiv 2106.04732), and
+``class_thresholds`` replaces the fixed threshold by FlexMatch's per-class thresholds (arXiv 2110.08263), which
+lower the bar for the classes the model neglects.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class FixMatchConfig(MethodConfig):
     cutout: float = 0.5
     source_epochs: int | None = None
     source_label_smoothing: float = 0.0
+    distribution_alignment: bool = False  # align the target's predicted marginal to the source's (ReMixMatch)
+    class_thresholds: bool = False  # FlexMatch's per-class thresholds instead of one fixed threshold
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -50,6 +58,7 @@ class FixMatch(Method):
         """Keeps the last weak-view pseudo-label of each target image (−1 below τ) for the coverage log."""
         if self.pseudo_labels is None:
             self.pseudo_labels = torch.full((len(ctx.target_train),), -1, dtype=torch.long)
+            self._learned = torch.full((len(ctx.target_train),), -1, dtype=torch.long, device=ctx.device)
         return {}
 
     def training_step(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
@@ -62,9 +71,19 @@ class FixMatch(Method):
         logits, _ = self.model(torch.cat([x_s, x_weak, x_strong]))  # one batch: BatchNorm sees both domains
         logits_s, logits_weak, logits_strong = logits.split([len(x_s), len(x_t), len(x_t)])  # (B, K) each
         cls = losses.cross_entropy(logits_s, y_s)
-        consistency = losses.fixmatch(logits_weak, logits_strong, c.threshold)
-        confidence, pseudo = F.softmax(logits_weak.detach().float(), dim=1).max(1)  # (B,)
-        kept = confidence >= c.threshold
+        with torch.no_grad():
+            probs = F.softmax(logits_weak.float(), dim=1)  # (B, K)
+            if c.distribution_alignment:
+                probs = losses.align_distribution(probs, F.softmax(logits_s.float(), 1).mean(0), probs.mean(0))
+            confidence, pseudo = probs.max(1)  # (B,)
+            learned = getattr(self, "_learned", None)
+            if c.class_thresholds and learned is not None:
+                learned[index_t] = torch.where(confidence >= c.threshold, pseudo, learned[index_t])
+                kept = confidence >= losses.flexmatch_thresholds(learned, self.num_classes, c.threshold)[pseudo]
+            else:
+                kept = confidence >= c.threshold
+        per_sample = F.cross_entropy(logits_strong, pseudo, reduction="none")  # (B,)
+        consistency = (per_sample * kept.to(per_sample.dtype)).mean()  # losses.fixmatch, with this mask
         if self.pseudo_labels is not None:
             self.pseudo_labels[index_t.cpu()] = torch.where(kept, pseudo, torch.full_like(pseudo, -1)).cpu()
         loss = cls + c.trade_off * consistency

@@ -7,6 +7,8 @@ and, with ``class_balanced``, when it is among the ``ceil(fraction · N / K)`` m
 class, so a class the model over-predicts cannot take over the pseudo-labels. ``fraction`` grows from
 ``per_class_fraction`` by ``fraction_step`` per round up to ``max_fraction``. The loss is source CE (weight
 ``source_weight``; 0 reads no source data at all) + ``trade_off`` · CE on the kept target pseudo-labels.
+``distribution_alignment`` (off by default, as in CBST) reweights the target probabilities by the source label
+marginal over the target's predicted marginal before selecting (ReMixMatch, arXiv 1911.09785).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class SelfTrainingConfig(MethodConfig):
     source_weight: float = 1.0
     source_epochs: int | None = None
     source_label_smoothing: float = 0.0
+    distribution_alignment: bool = False  # align the target's predicted marginal to the source label marginal
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -87,6 +90,7 @@ class SelfTraining(Method):
         super().__init__(model, cfg, num_classes)
         self.uses_source = cfg.source_weight > 0  # weight 0: no source loader is built at all
         self._labels_t: torch.Tensor | None = None  # pseudo-labels on the training device (N,)
+        self._source_counts = torch.zeros(num_classes)  # source labels seen so far (distribution alignment)
 
     def fraction(self, round_index: int) -> float:
         c = self.cfg
@@ -97,6 +101,10 @@ class SelfTraining(Method):
         if self.pseudo_labels is not None and ctx.epoch % c.relabel_every:
             return {}
         probs = F.softmax(ctx.predict_target(self).logits, dim=1)  # (N, K), labels never included
+        if c.distribution_alignment:  # ReMixMatch's alignment (arXiv 1911.09785) on the whole target split
+            seen = self._source_counts.sum()
+            prior = self._source_counts / seen if seen > 0 else torch.full((self.num_classes,), 1 / self.num_classes)
+            probs = losses.align_distribution(probs, prior, probs.mean(0))
         n = len(probs)
         fraction = self.fraction(ctx.epoch // c.relabel_every)
         per_class = math.ceil(fraction * n / self.num_classes) if c.class_balanced else None
@@ -111,6 +119,8 @@ class SelfTraining(Method):
             logits, _ = self.model(torch.cat([x_s, x_t]))  # one batch: BatchNorm sees both domains
             logits_s, logits_t = logits[: len(x_s)], logits[len(x_s) :]  # (B, K) each
             cls = losses.cross_entropy(logits_s, y_s)
+            if self.cfg.distribution_alignment:
+                self._source_counts += torch.bincount(y_s.cpu(), minlength=self.num_classes)
         else:
             logits_t, _ = self.model(x_t)  # (B, K)
             cls = logits_t.sum() * 0.0
