@@ -8,7 +8,7 @@ import statistics
 from collections import defaultdict
 
 from benchmarks.collect import load_results, write_tables
-from benchmarks.run import Suite, job_dir, task_key
+from benchmarks.suite import Suite, job_dir, task_key
 
 
 def report(suite: Suite, out: str) -> list[str]:

@@ -16,55 +16,9 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 
-import yaml
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-SUBDIR = "${dataset.source}_to_${dataset.target}/${method.name}/seed${seed}"
-
-
-@dataclass
-class Suite:
-    name: str
-    title: str
-    seeds: list[int]
-    tasks: list[dict]
-    methods: list[str]
-    overrides: list[str] = field(default_factory=list)
-    method_overrides: dict[str, list[str]] = field(default_factory=dict)
-    figures: dict[str, str] = field(default_factory=dict)
-
-
-class SuiteError(ValueError):
-    pass
-
-
-def load_suite(name: str) -> Suite:
-    path = name if name.endswith((".yaml", ".yml")) else os.path.join(HERE, "suites", f"{name}.yaml")
-    if not os.path.isfile(path):
-        names = sorted(f[:-5] for f in os.listdir(os.path.join(HERE, "suites")) if f.endswith(".yaml"))
-        raise SuiteError(f"unknown suite {name!r}; valid suites: {', '.join(names)}")
-    with open(path) as fh:
-        data = yaml.safe_load(fh)
-    try:
-        suite = Suite(**data)
-    except TypeError as err:
-        raise SuiteError(f"{path}: {err}") from err
-    from da.methods import METHODS
-
-    missing = [m for m in suite.methods if m not in METHODS]
-    if missing:
-        raise SuiteError(f"suite {suite.name} names unknown methods {missing}; valid: {', '.join(METHODS.names())}")
-    return suite
-
-
-def task_key(task: dict) -> str:
-    return f"{task['source']}_to_{task['target']}"
-
-
-def job_dir(out: str, task: dict, method: str, seed: int) -> str:
-    return os.path.join(out, "runs", task_key(task), method, f"seed{seed}")
+from benchmarks.report import report
+from benchmarks.suite import HERE, SUBDIR, Suite, SuiteError, job_dir, load_suite, task_key
 
 
 def missing_jobs(suite: Suite, out: str) -> dict[tuple[str, tuple[int, ...]], list[str]]:
@@ -156,8 +110,6 @@ def main(argv: list[str] | None = None) -> None:
     if stage in ("all", "sweep"):
         sweep(suite, out, extra)
     if stage in ("all", "report"):
-        from benchmarks.report import report
-
         written = report(suite, out)
         print("wrote " + ", ".join(os.path.relpath(p) for p in written))
     print(f"suite {suite.name} finished in {time.perf_counter() - start:.0f}s; results in {out}")

@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from benchmarks.collect import load_results, write_tables
-from benchmarks.run import SuiteError, load_suite, missing_jobs, parse
+from benchmarks.run import missing_jobs, parse
+from benchmarks.suite import SuiteError, load_suite
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "collector")
 GOLDEN = os.path.join(DATA, "expected")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("da",)
+PACKAGES = ("da", "benchmarks")
 
 
 def _module_name(path: str) -> str:
