@@ -18,7 +18,7 @@ from da.data.budget import split_budget
 from da.errors import ConfigError
 from da.experiment import fit
 from da.losses import l2_sp
-from da.methods.finetune import Finetune, FinetuneConfig
+from da.methods.finetune import Finetune
 from da.train import Trainer, TrainerConfig
 
 from .conftest import tiny_cfg
@@ -58,7 +58,7 @@ def synthetic_task(size: int = 32, per_class: int = 12, classes: int = 3) -> Tas
 
 
 def finetune_trainer(run_dir, backbone: BackboneConfig, epochs: int = 2, **method) -> Trainer:
-    cfg = FinetuneConfig(labels_per_class=8, val_fraction=0.25, **method)
+    cfg = Finetune.Config(labels_per_class=8, val_fraction=0.25, **method)
     task = Finetune.prepare_task(synthetic_task(), cfg, seed=0)
     model = build_model(backbone, task.num_classes, task.in_channels, task.image_size)
     if backbone.checkpoint:
@@ -182,7 +182,7 @@ def test_label_budget_sizes():
 def test_digits_budget_is_k_per_class_and_the_rest_is_test():
     dataset = to_dataclass(compose(["dataset.source=sklearn"]).dataset, DATASETS.get("digits").config, "dataset")
     task = build_task(dataset, 0, "")
-    budget = Finetune.prepare_task(task, FinetuneConfig(labels_per_class=10, val_fraction=0.2), seed=0)
+    budget = Finetune.prepare_task(task, Finetune.Config(labels_per_class=10, val_fraction=0.2), seed=0)
     n_pool, n_test = len(task.target_train), len(task.target_test)
     assert len(budget.source_train) == 80 and len(budget.val) == 20 and budget.target_train_labels is None
     assert len(budget.target_test) == n_test + n_pool - 100  # the rest of the target is the test set
@@ -190,7 +190,7 @@ def test_digits_budget_is_k_per_class_and_the_rest_is_test():
     assert not set(train_idx) & set(val_idx) and not set(train_idx) & set(budget.target_train.base.indices)
     counts = torch.bincount(torch.stack([budget.source_train[i][1] for i in range(80)]), minlength=10)
     assert counts.tolist() == [8] * 10
-    frac = Finetune.prepare_task(task, FinetuneConfig(labels_per_class=None, label_fraction=0.5), seed=0)
+    frac = Finetune.prepare_task(task, Finetune.Config(labels_per_class=None, label_fraction=0.5), seed=0)
     assert abs(len(frac.source_train) + len(frac.val) - n_pool / 2) <= 10
 
 
@@ -273,6 +273,6 @@ def test_finetune_on_a_two_class_folder_tree(tmp_path):
     assert results["budget"]["train"] == 4 and results["budget"]["val"] == 2 and results["budget"]["test"] == 10
     assert results["selection"]["rule"] == "val_acc" and 0 <= results["target_acc"] <= 1
     dataset = to_dataclass(cfg.dataset, DATASETS.get("folder").config, "dataset")
-    budget = Finetune.prepare_task(build_task(dataset, 0, ""), to_dataclass(cfg.method, FinetuneConfig, "m"), 0)
+    budget = Finetune.prepare_task(build_task(dataset, 0, ""), to_dataclass(cfg.method, Finetune.Config, "m"), 0)
     assert not budget.val.dataset.transform.train  # validation images get the test split's centre crop
     assert budget.source_train.base.dataset.transform.train  # training images keep the random crop

@@ -9,12 +9,10 @@ declares them itself as a class attribute ``smoke_overrides`` (config overrides,
 import pytest
 import torch
 
-from da.backbones import BackboneConfig, build_model
-from da.config import to_dataclass
-from da.data import DATASETS, build_task, make_loader
+from da.build import build_run
+from da.data import make_loader
 from da.methods import METHODS
 from da.methods.base import EpochContext
-from da.train import TrainerConfig
 
 from .conftest import tiny_cfg
 
@@ -22,15 +20,11 @@ STEPS = 8
 
 
 def build(name: str):
+    """The method and task as ``da.fit`` builds them (da.build.build_run), from a scratch model."""
     cls = METHODS.get(name)
     cfg = tiny_cfg(f"method={name}", "dataset.samples_per_class=8", *getattr(cls, "smoke_overrides", ()))
-    torch.manual_seed(0)
-    method_cfg = to_dataclass(cfg.method, cls.Config, "method")
-    task = build_task(to_dataclass(cfg.dataset, DATASETS.get(cfg.dataset.name).config, "dataset"), 0, "")
-    if hasattr(cls, "prepare_task"):  # inductive methods draw their labelled target budget here
-        task = cls.prepare_task(task, method_cfg, 0)
-    model = build_model(to_dataclass(cfg.backbone, BackboneConfig, "backbone"), task.num_classes, 1, 28)
-    return cls(model, method_cfg, task.num_classes), task, to_dataclass(cfg.trainer, TrainerConfig, "trainer")
+    parts = build_run(cfg)
+    return parts.method, parts.task, parts.configs.trainer
 
 
 def first_batch(dataset, batch_size: int, seed: int):
@@ -73,14 +67,3 @@ def test_method_smoke(name):
         logits = method.predict(x)
     assert logits.shape == (5, task.num_classes) and torch.isfinite(logits).all()
     assert method.features(x).shape[0] == 5
-
-
-def test_every_method_has_a_config_file_that_mirrors_its_dataclass():
-    from dataclasses import fields
-
-    from da.config import compose
-
-    for name in METHODS.names():
-        cfg = compose([f"method={name}"])
-        known = {f.name for f in fields(METHODS.get(name).Config)}
-        assert set(cfg.method) == known, f"configs/method/{name}.yaml and {name}'s Config differ"

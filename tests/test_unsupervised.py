@@ -13,7 +13,7 @@ from da import augment_tensor, losses
 from da.data.base import Task
 from da.errors import ConfigError
 from da.experiment import fit, source_checkpoint
-from da.methods.self_training import SelfTraining, SelfTrainingConfig, select_class_balanced, select_confident
+from da.methods.self_training import SelfTraining, select_class_balanced, select_confident
 from da.methods.shot import shot_pseudo_labels
 from tests.conftest import tiny_cfg
 
@@ -55,11 +55,11 @@ def test_class_balanced_ties_keep_the_lower_index():
 
 
 def test_self_training_rounds_grow_the_fraction_and_keep_the_cap():
-    cfg = SelfTrainingConfig(name="self_training", per_class_fraction=0.2, fraction_step=0.1, max_fraction=0.45)
+    cfg = SelfTraining.Config(name="self_training", per_class_fraction=0.2, fraction_step=0.1, max_fraction=0.45)
     method = SelfTraining(torch.nn.Linear(1, 1), cfg, num_classes=10)
     assert [round(method.fraction(r), 6) for r in range(4)] == [0.2, 0.3, 0.4, 0.45]
     with pytest.raises(ConfigError, match="threshold"):
-        SelfTrainingConfig(name="self_training", threshold=1.5)
+        SelfTraining.Config(name="self_training", threshold=1.5)
 
 
 # ---------------------------------------------------------------- FixMatch
@@ -171,8 +171,8 @@ def test_shot_adaptation_touches_no_source_sample(shot_run):
 
 def test_source_weight_zero_means_no_source_loader():
     model = torch.nn.Linear(1, 1)
-    assert not SelfTraining(model, SelfTrainingConfig(name="self_training", source_weight=0.0), 10).uses_source
-    assert SelfTraining(model, SelfTrainingConfig(name="self_training"), 10).uses_source
+    assert not SelfTraining(model, SelfTraining.Config(name="self_training", source_weight=0.0), 10).uses_source
+    assert SelfTraining(model, SelfTraining.Config(name="self_training"), 10).uses_source
 
 
 def test_shot_freezes_the_source_head_and_logs_pseudo_labels(shot_run):

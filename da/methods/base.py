@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
+from da import losses
 from da.backbones import ImageClassifier
+from da.errors import ConfigError
 from da.evaluate import Predictions, predict
 from da.registry import Registry
 
@@ -18,10 +20,28 @@ if TYPE_CHECKING:
 
 @dataclass
 class MethodConfig:
-    """Hyper-parameters shared by every method; a method's own ``Config`` subclasses this."""
+    """Hyper-parameters shared by every method. Each method nests its own ``Config`` dataclass subclassing this
+    (or :class:`AdaptationConfig`), with its defaults — equal to ``configs/method/<name>.yaml``, which a test
+    checks value for value — and its value checks in ``__post_init__`` (one ``ConfigError`` line each)."""
 
     name: str
     backbone_lr_factor: float = 1.0  # the backbone's lr = trainer.lr * factor (0.1 for pretrained backbones)
+
+    def __post_init__(self) -> None:
+        if self.backbone_lr_factor < 0:
+            raise ConfigError(f"method.backbone_lr_factor must be >= 0, got {self.backbone_lr_factor}")
+
+
+@dataclass
+class AdaptationConfig(MethodConfig):
+    """The config of a :class:`JointAdaptation` method: its transfer-loss weight."""
+
+    trade_off: float = 1.0  # weight of the transfer loss
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.trade_off < 0:
+            raise ConfigError(f"method.trade_off must be >= 0, got {self.trade_off}")
 
 
 class Method(nn.Module):
@@ -94,6 +114,29 @@ class Method(nn.Module):
         ]
         groups.append({"params": rest, "lr": lr, "lr_factor": 1.0})
         return [g for g in groups if g["params"]]
+
+
+class JointAdaptation(Method):
+    """The family "source cross-entropy + trade_off × transfer loss on one joint batch" (DANN, CDAN, Deep CORAL,
+    DAN, MCC, BNM): source and target go through the network as one concatenated batch (BatchNorm sees both
+    domains); a subclass defines only :meth:`transfer_loss` and its extra modules."""
+
+    Config: ClassVar[type[MethodConfig]] = AdaptationConfig
+
+    def training_step(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
+        (x_s, y_s), (x_t, _) = batch_s, batch_t
+        logits, f = self.model(torch.cat([x_s, x_t]))  # (B_s + B_t, K), (B_s + B_t, D)
+        n_s = len(x_s)
+        cls = losses.cross_entropy(logits[:n_s], y_s)
+        transfer, extra = self.transfer_loss(logits, f, n_s, progress)
+        loss = cls + self.cfg.trade_off * transfer
+        return {"loss": loss, "cls": cls.detach(), "transfer": transfer.detach(), **extra}
+
+    def transfer_loss(
+        self, logits: torch.Tensor, features: torch.Tensor, n_s: int, progress: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The transfer loss of the joint batch (rows ``[:n_s]`` are the source) and extra metrics to log."""
+        raise NotImplementedError
 
 
 @dataclass

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from da import losses
 from da.backbones import ImageClassifier
 from da.errors import ConfigError
-from da.methods.base import METHODS, Method, MethodConfig
-from da.methods.dann import DomainDiscriminator, check_adversarial, discriminator_width
+from da.methods.base import METHODS, JointAdaptation
+from da.methods.dann import AdversarialConfig, DomainDiscriminator, discriminator_width
 
 
 @METHODS.register("cdan")
-class CDAN(Method):
+class CDAN(JointAdaptation):
     """A domain discriminator on the multilinear map f ⊗ g (g = detached softmax), through a GRL.
 
     ``entropy=true`` is CDAN+E: each sample's domain loss is weighted by 1 + exp(−H(g)). ``randomized=true``
@@ -23,20 +23,18 @@ class CDAN(Method):
     """
 
     @dataclass
-    class Config(MethodConfig):
-        trade_off: float = 1.0
+    class Config(AdversarialConfig):
         entropy: bool = True  # CDAN+E
         randomized: bool = False
         randomized_dim: int = 1024
-        grl_gamma: float = 10.0
-        grl_high: float = 1.0
-        hidden_dim: int | None = None  # discriminator width; None = sized to the backbone
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.randomized_dim < 1:
+                raise ConfigError(f"method.randomized_dim must be >= 1, got {self.randomized_dim}")
 
     def __init__(self, model: ImageClassifier, cfg: Config, num_classes: int) -> None:
         super().__init__(model, cfg, num_classes)
-        check_adversarial(cfg)
-        if cfg.randomized_dim < 1:
-            raise ConfigError(f"method.randomized_dim must be >= 1, got {cfg.randomized_dim}")
         d = model.features_dim
         if cfg.randomized:
             # fixed random projections (buffers: saved in checkpoints, never trained)
@@ -47,20 +45,14 @@ class CDAN(Method):
             in_dim = d * num_classes
         self.discriminator = DomainDiscriminator(in_dim, discriminator_width(model, cfg.hidden_dim))
 
-    def training_step(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
-        (x_s, y_s), (x_t, _) = batch_s, batch_t
-        logits, f = self.model(torch.cat([x_s, x_t]))  # (2B, K), (2B, D)
-        n_s = len(x_s)
-        cls = losses.cross_entropy(logits[:n_s], y_s)
+    def transfer_loss(self, logits, features, n_s, progress):
         g = F.softmax(logits, dim=1).detach()  # (2B, K)
         if self.cfg.randomized:
-            h = losses.randomized_multilinear_map(f, g, self.r_f, self.r_g)  # (2B, d)
+            h = losses.randomized_multilinear_map(features, g, self.r_f, self.r_g)  # (2B, d)
         else:
-            h = losses.multilinear_map(f, g)  # (2B, K*D)
+            h = losses.multilinear_map(features, g)  # (2B, K*D)
         coeff = losses.grl_coefficient(progress, self.cfg.grl_gamma, self.cfg.grl_high)
         d = self.discriminator(losses.grad_reverse(h, coeff))  # (2B,)
         w = losses.entropy_weights(logits) if self.cfg.entropy else None  # (2B,)
         w_s, w_t = (w[:n_s], w[n_s:]) if w is not None else (None, None)
-        transfer = losses.domain_adversarial(d[:n_s], d[n_s:], w_s, w_t)
-        loss = cls + self.cfg.trade_off * transfer
-        return {"loss": loss, "cls": cls.detach(), "transfer": transfer.detach()}
+        return losses.domain_adversarial(d[:n_s], d[n_s:], w_s, w_t), {}

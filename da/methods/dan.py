@@ -4,35 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from da import losses
-from da.backbones import ImageClassifier
 from da.errors import ConfigError
-from da.methods.base import METHODS, Method, MethodConfig
+from da.methods.base import METHODS, AdaptationConfig, JointAdaptation
 
 
 @METHODS.register("dan")
-class DAN(Method):
+class DAN(JointAdaptation):
     """Source cross-entropy + trade_off · MK-MMD² (Gaussian kernels, bandwidths α_i σ²) on the bottleneck."""
 
     @dataclass
-    class Config(MethodConfig):
-        trade_off: float = 1.0
+    class Config(AdaptationConfig):
         alphas: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0, 2.0])  # 2^-3 .. 2^1
 
-    def __init__(self, model: ImageClassifier, cfg: Config, num_classes: int) -> None:
-        super().__init__(model, cfg, num_classes)
-        if cfg.trade_off < 0:
-            raise ConfigError(f"method.trade_off must be >= 0, got {cfg.trade_off}")
-        if not cfg.alphas or min(cfg.alphas) <= 0:
-            raise ConfigError(f"method.alphas must be a non-empty list of positive numbers, got {cfg.alphas}")
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not self.alphas or min(self.alphas) <= 0:
+                raise ConfigError(f"method.alphas must be a non-empty list of positive numbers, got {self.alphas}")
 
-    def training_step(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
-        (x_s, y_s), (x_t, _) = batch_s, batch_t
-        logits, f = self.model(torch.cat([x_s, x_t]))  # (2B, K), (2B, D)
-        n_s = len(x_s)
-        cls = losses.cross_entropy(logits[:n_s], y_s)
-        transfer = losses.mk_mmd(f[:n_s], f[n_s:], tuple(self.cfg.alphas))
-        loss = cls + self.cfg.trade_off * transfer
-        return {"loss": loss, "cls": cls.detach(), "transfer": transfer.detach()}
+    def transfer_loss(self, logits, features, n_s, progress):
+        return losses.mk_mmd(features[:n_s], features[n_s:], tuple(self.cfg.alphas)), {}

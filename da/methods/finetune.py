@@ -39,47 +39,6 @@ from da.methods.base import METHODS, Method, MethodConfig
 STRATEGIES = ("feature_extraction", "partial", "full")
 
 
-@dataclass
-class FinetuneConfig(MethodConfig):
-    name: str = "finetune"
-    backbone_lr_factor: float = 0.1  # full / partial: backbone lr = trainer.lr * factor
-    strategy: str = "full"  # feature_extraction | partial | full
-    unfreeze_blocks: int = 1  # partial: how many of the backbone's last blocks train
-    head_hidden: list[int] = field(default_factory=lambda: [256])  # widths of the new head's hidden layers
-    head_dropout: float = 0.5
-    head_batchnorm: bool = True
-    label_smoothing: float = 0.0
-    l1: float = 0.0  # weight of the L1 norm of the trainable weights
-    l2sp_alpha: float = 0.0  # L2-SP: alpha/2 ||w - w0||^2 on the pretrained backbone (arXiv 1802.01483)
-    l2sp_beta: float = 0.0  # L2-SP: beta/2 ||w||^2 on the new head
-    labels_per_class: int | None = 10  # labelled target images per class (train + val); null: label_fraction
-    label_fraction: float | None = None  # or this fraction of each class of the target pool
-    val_fraction: float = 0.2  # of the label budget, held out for early stopping; 0 = none (last epoch)
-    augment: Any = "none"  # none | flip | crop | color | randaugment, or a list (see da/data/augment.py)
-    patience: int | None = 10  # epochs without validation improvement before stopping; null = never stop
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown method.strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
-        if self.unfreeze_blocks < 0:
-            raise ConfigError(f"method.unfreeze_blocks must be >= 0, got {self.unfreeze_blocks}")
-        if any(h < 1 for h in self.head_hidden):
-            raise ConfigError(f"method.head_hidden widths must be >= 1, got {list(self.head_hidden)}")
-        if not 0 <= self.head_dropout < 1 or not 0 <= self.val_fraction < 1:
-            raise ConfigError("method.head_dropout and method.val_fraction must be in [0, 1)")
-        if min(self.l1, self.l2sp_alpha, self.l2sp_beta, self.label_smoothing, self.backbone_lr_factor) < 0:
-            raise ConfigError("method.l1, l2sp_alpha, l2sp_beta, label_smoothing, backbone_lr_factor must be >= 0")
-        if (self.labels_per_class is None) == (self.label_fraction is None):
-            raise ConfigError("set exactly one of method.labels_per_class and method.label_fraction (other null)")
-        if self.labels_per_class is not None and self.labels_per_class < 1:
-            raise ConfigError(f"method.labels_per_class must be >= 1, got {self.labels_per_class}")
-        if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
-            raise ConfigError(f"method.label_fraction must be in (0, 1], got {self.label_fraction}")
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"method.patience must be >= 1 or null, got {self.patience}")
-        preset_names(self.augment)
-
-
 def _has_params(m: nn.Module) -> bool:
     return any(True for _ in m.parameters())
 
@@ -144,16 +103,56 @@ def _backbone_dim(model: ImageClassifier) -> int:
 class Finetune(Method):
     """Fine-tune a pretrained backbone with a new head on a labelled target budget (see the module docstring)."""
 
-    Config = FinetuneConfig
+    @dataclass
+    class Config(MethodConfig):
+        name: str = "finetune"
+        backbone_lr_factor: float = 0.1  # full / partial: backbone lr = trainer.lr * factor
+        strategy: str = "full"  # feature_extraction | partial | full
+        unfreeze_blocks: int = 1  # partial: how many of the backbone's last blocks train
+        head_hidden: list[int] = field(default_factory=lambda: [256])  # widths of the new head's hidden layers
+        head_dropout: float = 0.5
+        head_batchnorm: bool = True
+        label_smoothing: float = 0.0
+        l1: float = 0.0  # weight of the L1 norm of the trainable weights
+        l2sp_alpha: float = 0.0  # L2-SP: alpha/2 ||w - w0||^2 on the pretrained backbone (arXiv 1802.01483)
+        l2sp_beta: float = 0.0  # L2-SP: beta/2 ||w||^2 on the new head
+        labels_per_class: int | None = 10  # labelled target images per class (train + val); null: label_fraction
+        label_fraction: float | None = None  # or this fraction of each class of the target pool
+        val_fraction: float = 0.2  # of the label budget, held out for early stopping; 0 = none (last epoch)
+        augment: Any = "none"  # none | flip | crop | color | randaugment, or a list (see da/data/augment.py)
+        patience: int | None = 10  # epochs without validation improvement before stopping; null = never stop
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.strategy not in STRATEGIES:
+                raise ConfigError(f"unknown method.strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
+            if self.unfreeze_blocks < 0:
+                raise ConfigError(f"method.unfreeze_blocks must be >= 0, got {self.unfreeze_blocks}")
+            if any(h < 1 for h in self.head_hidden):
+                raise ConfigError(f"method.head_hidden widths must be >= 1, got {list(self.head_hidden)}")
+            if not 0 <= self.head_dropout < 1 or not 0 <= self.val_fraction < 1:
+                raise ConfigError("method.head_dropout and method.val_fraction must be in [0, 1)")
+            if min(self.l1, self.l2sp_alpha, self.l2sp_beta, self.label_smoothing, self.backbone_lr_factor) < 0:
+                raise ConfigError("method.l1, l2sp_alpha, l2sp_beta, label_smoothing, backbone_lr_factor must be >= 0")
+            if (self.labels_per_class is None) == (self.label_fraction is None):
+                raise ConfigError("set exactly one of method.labels_per_class and method.label_fraction (other null)")
+            if self.labels_per_class is not None and self.labels_per_class < 1:
+                raise ConfigError(f"method.labels_per_class must be >= 1, got {self.labels_per_class}")
+            if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
+                raise ConfigError(f"method.label_fraction must be in (0, 1], got {self.label_fraction}")
+            if self.patience is not None and self.patience < 1:
+                raise ConfigError(f"method.patience must be >= 1 or null, got {self.patience}")
+            preset_names(self.augment)
+
     kind = "inductive"
     uses_target = False  # the labelled budget arrives as the labelled batch (batch_s); no unlabelled batch
 
     @classmethod
-    def prepare_task(cls, task: Task, cfg: FinetuneConfig, seed: int) -> Task:  # type: ignore[override]
+    def prepare_task(cls, task: Task, cfg: Config, seed: int) -> Task:  # type: ignore[override]
         augment = build_augment(cfg.augment, task.name, task.image_size, task.notes)
         return label_budget(task, cfg.labels_per_class, cfg.label_fraction, cfg.val_fraction, seed, augment)
 
-    def __init__(self, model: ImageClassifier, cfg: FinetuneConfig, num_classes: int) -> None:
+    def __init__(self, model: ImageClassifier, cfg: Config, num_classes: int) -> None:
         super().__init__(model, cfg, num_classes)
         hidden, dim = build_head(_backbone_dim(model), list(cfg.head_hidden), cfg.head_dropout, cfg.head_batchnorm)
         model.bottleneck, model.head, model.features_dim = hidden, nn.Linear(dim, num_classes), dim
@@ -175,7 +174,7 @@ class Finetune(Method):
                     self.register_buffer(buffer, p.detach().clone(), persistent=False)
                     self.anchor_names.append((name, buffer))
 
-    def _trainable_modules(self, cfg: FinetuneConfig) -> list[nn.Module]:
+    def _trainable_modules(self, cfg: Config) -> list[nn.Module]:
         backbone = self.model.backbone
         if cfg.strategy == "full":
             return [backbone]

@@ -24,33 +24,32 @@ from da.errors import ConfigError
 from da.methods.base import METHODS, EpochContext, Method, MethodConfig
 
 
-@dataclass
-class FixMatchConfig(MethodConfig):
-    threshold: float = 0.95
-    trade_off: float = 1.0
-    weak_shift: float = 0.125
-    hflip: bool = False
-    strong_ops: int = 2
-    cutout: float = 0.5
-    source_epochs: int | None = None
-    source_label_smoothing: float = 0.0
-    distribution_alignment: bool = False  # align the target's predicted marginal to the source's (ReMixMatch)
-    class_thresholds: bool = False  # FlexMatch's per-class thresholds instead of one fixed threshold
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"method.threshold must be in [0, 1], got {self.threshold}")
-        if self.trade_off < 0 or self.strong_ops < 0:
-            raise ConfigError("method.trade_off and method.strong_ops must be >= 0")
-        if not 0.0 <= self.weak_shift < 1.0 or not 0.0 <= self.cutout < 1.0:
-            raise ConfigError("method.weak_shift and method.cutout are fractions of the side, in [0, 1)")
-
-
 @METHODS.register("fixmatch")
 class FixMatch(Method):
     """Source CE + confidence-masked weak-to-strong consistency on the target; arXiv 2001.07685."""
 
-    Config = FixMatchConfig
+    @dataclass
+    class Config(MethodConfig):
+        threshold: float = 0.95
+        trade_off: float = 1.0
+        weak_shift: float = 0.125
+        hflip: bool = False
+        strong_ops: int = 2
+        cutout: float = 0.5
+        source_epochs: int | None = None
+        source_label_smoothing: float = 0.0
+        distribution_alignment: bool = False  # align the target's predicted marginal to the source's (ReMixMatch)
+        class_thresholds: bool = False  # FlexMatch's per-class thresholds instead of one fixed threshold
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not 0.0 <= self.threshold <= 1.0:
+                raise ConfigError(f"method.threshold must be in [0, 1], got {self.threshold}")
+            if self.trade_off < 0 or self.strong_ops < 0:
+                raise ConfigError("method.trade_off and method.strong_ops must be >= 0")
+            if not 0.0 <= self.weak_shift < 1.0 or not 0.0 <= self.cutout < 1.0:
+                raise ConfigError("method.weak_shift and method.cutout are fractions of the side, in [0, 1)")
+
     kind = "unsupervised"
     default_init = "source"  # init=null starts from a source model trained in <run_dir>/source_stage/
 

@@ -50,43 +50,42 @@ def select_pseudo_labels(probs: torch.Tensor, threshold: float, per_class: int |
     return select_class_balanced(probs, per_class, threshold)
 
 
-@dataclass
-class SelfTrainingConfig(MethodConfig):
-    threshold: float = 0.9
-    class_balanced: bool = True
-    per_class_fraction: float = 0.2
-    fraction_step: float = 0.05
-    max_fraction: float = 0.5
-    relabel_every: int = 1
-    trade_off: float = 1.0
-    source_weight: float = 1.0
-    source_epochs: int | None = None
-    source_label_smoothing: float = 0.0
-    distribution_alignment: bool = False  # align the target's predicted marginal to the source label marginal
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"method.threshold must be in [0, 1], got {self.threshold}")
-        for key in ("per_class_fraction", "max_fraction"):
-            if not 0.0 < getattr(self, key) <= 1.0:
-                raise ConfigError(f"method.{key} must be in (0, 1], got {getattr(self, key)}")
-        if self.relabel_every < 1:
-            raise ConfigError(f"method.relabel_every must be >= 1 epoch, got {self.relabel_every}")
-        if min(self.trade_off, self.source_weight, self.fraction_step) < 0:
-            raise ConfigError("method.trade_off, method.source_weight and method.fraction_step must be >= 0")
-        if self.source_epochs is not None and self.source_epochs < 1:
-            raise ConfigError(f"method.source_epochs must be >= 1 or null, got {self.source_epochs}")
-
-
 @METHODS.register("self_training")
 class SelfTraining(Method):
     """Rounds of confident (optionally class-balanced) pseudo-labels from the model itself; arXiv 1810.07911."""
 
-    Config = SelfTrainingConfig
+    @dataclass
+    class Config(MethodConfig):
+        threshold: float = 0.9
+        class_balanced: bool = True
+        per_class_fraction: float = 0.2
+        fraction_step: float = 0.05
+        max_fraction: float = 0.5
+        relabel_every: int = 1
+        trade_off: float = 1.0
+        source_weight: float = 1.0
+        source_epochs: int | None = None
+        source_label_smoothing: float = 0.0
+        distribution_alignment: bool = False  # align the target's predicted marginal to the source label marginal
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not 0.0 <= self.threshold <= 1.0:
+                raise ConfigError(f"method.threshold must be in [0, 1], got {self.threshold}")
+            for key in ("per_class_fraction", "max_fraction"):
+                if not 0.0 < getattr(self, key) <= 1.0:
+                    raise ConfigError(f"method.{key} must be in (0, 1], got {getattr(self, key)}")
+            if self.relabel_every < 1:
+                raise ConfigError(f"method.relabel_every must be >= 1 epoch, got {self.relabel_every}")
+            if min(self.trade_off, self.source_weight, self.fraction_step) < 0:
+                raise ConfigError("method.trade_off, method.source_weight and method.fraction_step must be >= 0")
+            if self.source_epochs is not None and self.source_epochs < 1:
+                raise ConfigError(f"method.source_epochs must be >= 1 or null, got {self.source_epochs}")
+
     kind = "unsupervised"
     default_init = "source"  # init=null starts from a source model trained in <run_dir>/source_stage/
 
-    def __init__(self, model, cfg: SelfTrainingConfig, num_classes: int) -> None:
+    def __init__(self, model, cfg: Config, num_classes: int) -> None:
         super().__init__(model, cfg, num_classes)
         self.uses_source = cfg.source_weight > 0  # weight 0: no source loader is built at all
         self._labels_t: torch.Tensor | None = None  # pseudo-labels on the training device (N,)

@@ -42,35 +42,34 @@ def shot_pseudo_labels(probs: torch.Tensor, features: torch.Tensor, rounds: int 
     return labels
 
 
-@dataclass
-class SHOTConfig(MethodConfig):
-    beta: float = 0.3
-    im_weight: float = 1.0
-    diversity: bool = True
-    epsilon: float = 1e-5
-    refine_rounds: int = 1
-    source_epochs: int | None = None
-    source_label_smoothing: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.beta < 0 or self.im_weight < 0 or self.refine_rounds < 0:
-            raise ConfigError("method.beta, method.im_weight and method.refine_rounds must be >= 0")
-        if not 0.0 <= self.source_label_smoothing < 1.0:
-            raise ConfigError(f"method.source_label_smoothing must be in [0, 1), got {self.source_label_smoothing}")
-        if self.source_epochs is not None and self.source_epochs < 1:
-            raise ConfigError(f"method.source_epochs must be >= 1 or null, got {self.source_epochs}")
-
-
 @METHODS.register("shot")
 class SHOT(Method):
     """Source-free: frozen source head, IM loss + β · CE on clustering pseudo-labels; arXiv 2002.08546."""
 
-    Config = SHOTConfig
+    @dataclass
+    class Config(MethodConfig):
+        beta: float = 0.3
+        im_weight: float = 1.0
+        diversity: bool = True
+        epsilon: float = 1e-5
+        refine_rounds: int = 1
+        source_epochs: int | None = None
+        source_label_smoothing: float = 0.1
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.beta < 0 or self.im_weight < 0 or self.refine_rounds < 0:
+                raise ConfigError("method.beta, method.im_weight and method.refine_rounds must be >= 0")
+            if not 0.0 <= self.source_label_smoothing < 1.0:
+                raise ConfigError(f"method.source_label_smoothing must be in [0, 1), got {self.source_label_smoothing}")
+            if self.source_epochs is not None and self.source_epochs < 1:
+                raise ConfigError(f"method.source_epochs must be >= 1 or null, got {self.source_epochs}")
+
     kind = "unsupervised"
     uses_source = False  # the adaptation stage never builds a source loader nor evaluates on source images
     default_init = "source"  # init=null trains the source model first, in <run_dir>/source_stage/
 
-    def __init__(self, model, cfg: SHOTConfig, num_classes: int) -> None:
+    def __init__(self, model, cfg: Config, num_classes: int) -> None:
         super().__init__(model, cfg, num_classes)
         for p in self.model.head.parameters():
             p.requires_grad_(False)  # the source hypothesis stays fixed; the optimiser never sees it

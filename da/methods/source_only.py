@@ -11,20 +11,18 @@ from da.errors import ConfigError
 from da.methods.base import METHODS, Method, MethodConfig
 
 
-@dataclass
-class SourceOnlyConfig(MethodConfig):
-    label_smoothing: float = 0.0  # 0.1 trains SHOT's source model (Liang et al., arXiv 2002.08546, Sec. 3.1)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"method.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-
 @METHODS.register("source_only")
 class SourceOnly(Method):
     """Train on source labels alone; the target batch is not used (no BatchNorm adaptation either)."""
 
-    Config = SourceOnlyConfig
+    @dataclass
+    class Config(MethodConfig):
+        label_smoothing: float = 0.0  # 0.1 trains SHOT's source model (Liang et al., arXiv 2002.08546, Sec. 3.1)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not 0.0 <= self.label_smoothing < 1.0:
+                raise ConfigError(f"method.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def training_step(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
         x_s, y_s = batch_s
