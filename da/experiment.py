@@ -146,9 +146,8 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
         results = _results(cfg, parts, trainer, device, resolved)
         results["init"] = init_path
         checkpoint.save(method.model.state_dict(), os.path.join(run_dir, checkpoint.MODEL))  # the reported weights
-        skipped = getattr(task, "skipped", [])
-        if skipped:  # every unreadable file, with its reason (results.json holds the count)
-            write_text(os.path.join(run_dir, "skipped_files.txt"), "\n".join(skipped) + "\n")
+        if task.skipped:  # every unreadable file, with its reason (results.json holds the count)
+            write_text(os.path.join(run_dir, "skipped_files.txt"), "\n".join(task.skipped) + "\n")
         write_json(os.path.join(run_dir, "results.json"), results)
         (log.debug if quiet else log.info)(summary(results, run_dir))
     return results
@@ -158,7 +157,6 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, device: torch.device, res
     method, task, bs = parts.method, parts.task, trainer.cfg.eval_batch_size
     tgt = predict(method, task.target_test, device, bs)
     src = predict(method, task.source_test, device, bs) if method.uses_source else None
-    target_eval = getattr(task, "target_train_eval", None) or task.target_train
     results: dict[str, Any] = {
         "method": parts.configs.method.name,
         "dataset": task.name,
@@ -175,7 +173,9 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, device: torch.device, res
         "images_per_second": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
         "selection": trainer.selection,
         # label-free scores of the reported weights on the unlabelled target train split (da/validators.py)
-        "validators": {k.removesuffix("_score"): v for k, v in epoch_scores(method, target_eval, device, bs).items()},
+        "validators": {
+            k.removesuffix("_score"): v for k, v in epoch_scores(method, task.target_train_eval, device, bs).items()
+        },
         "validator_best_epoch": best_epochs(trainer.history),  # the epoch each validator would choose
         # analysis only: each validator's pick and that epoch's target accuracy; the oracle (target labels)
         "selected": selected_epochs(trainer.history, list(VALIDATORS)),

@@ -164,11 +164,6 @@ def _to(batch, device: torch.device):
     return tuple(b.to(device, non_blocking=True) if isinstance(b, torch.Tensor) else b for b in batch)
 
 
-def _target_eval(task: Task):
-    eval_set = getattr(task, "target_train_eval", None)
-    return task.target_train if eval_set is None else eval_set
-
-
 def all_finite(module: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
 
@@ -307,7 +302,7 @@ class Trainer:
     def predict_target_train(self) -> torch.Tensor:
         """Logits (N, K) on the unlabelled target training split, leaving training's random stream untouched."""
         with torch.random.fork_rng(devices=[]):  # a DataLoader draws a seed from the global RNG
-            return predict(self.method, _target_eval(self.task), self.device, self.cfg.eval_batch_size).logits
+            return predict(self.method, self.task.target_train_eval, self.device, self.cfg.eval_batch_size).logits
 
     def pseudo_label_metrics(self) -> dict[str, float]:
         """Coverage of the method's pseudo-labels and (analysis only) their accuracy on the hidden labels."""
@@ -332,7 +327,7 @@ class Trainer:
     def train_epoch(self, progress: Progress) -> dict[str, float]:
         start = time.perf_counter()
         ctx = EpochContext(
-            self.epoch, self.step / self.total_steps, self.device, _target_eval(self.task), self.cfg.eval_batch_size
+            self.epoch, self.step / self.total_steps, self.device, self.task.target_train_eval, self.cfg.eval_batch_size
         )
         extra = self.method.on_epoch_start(ctx)
         extra.update(self.pseudo_label_metrics())

@@ -321,3 +321,72 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
         assert proc.poll() is None, "the run ended before the test could interrupt it"
         assert time.time() < deadline, "timed out"
         time.sleep(0.05)
+
+
+# ------------------------------------------------------------------ data
+FOLDER = ["dataset=folder", "dataset.resize=32", "dataset.crop=28", "dataset.source=a", "dataset.target=b"]
+
+
+def folder_cfg(*overrides: str):
+    from da.config import compose
+
+    plain = [o for o in TINY if not o.startswith("dataset.")]  # TINY's dataset keys are the digits task's
+    return compose([*plain, *FOLDER, "backbone=lenet", "trainer.batch_size=4", *overrides])
+
+
+def test_11_every_skipped_file_is_listed_in_the_run_folder(tmp_path):
+    from .test_datasets import jpeg, write_tree
+
+    data = tmp_path / "data"
+    write_tree(data, ["a", "b"], ["cat", "dog"])
+    (data / "a" / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (data / "b" / "dog" / "truncated.jpg").write_bytes(jpeg((200, 0, 0), 0, (64, 64))[:300])
+    (data / "b" / "cat" / "empty.png").write_bytes(b"")
+    result = fit(folder_cfg(f"dataset.root={data}"), run_dir=str(tmp_path / "run"), quiet=True)
+    listed = (tmp_path / "run" / "skipped_files.txt").read_text().splitlines()
+    assert result["skipped_files"] == 3 and len(listed) == 3
+    for name in ("corrupt.jpg", "truncated.jpg", "empty.png"):
+        line = next(x for x in listed if name in x)
+        assert ": " in line.split(name, 1)[1]  # "path: reason"
+
+
+def test_12_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from .test_datasets import task_of, write_tree
+
+    write_tree(tmp_path, ["a", "b"], ["cat", "dog"], per_class=2)
+    grey16 = np.full((20, 20), 32768, dtype=np.uint16)  # mid-grey in 16 bits
+    Image.fromarray(grey16).save(tmp_path / "a" / "cat" / "grey16.png")
+    task = task_of("dataset=folder", f"dataset.root={tmp_path}", "dataset.source=a", "dataset.target=b")
+    decoded = task.source_test.x  # (N, 3, S, S) uint8, the evaluation split of source domain a
+    values = {int(v) for img in decoded for v in img.unique()}
+    assert 128 in values and task.skipped_files == 0  # 32768 / 257 = 127.5 -> 128, not 255
+
+
+def test_13_relabelling_and_validators_read_the_evaluation_transform(tmp_path, monkeypatch):
+    from da.methods.base import EpochContext
+
+    from .test_datasets import task_of, write_tree
+
+    write_tree(tmp_path / "data", ["a", "b"], ["cat", "dog"], per_class=4)
+    task = task_of("dataset=folder", f"dataset.root={tmp_path / 'data'}", "dataset.source=a", "dataset.target=b")
+    assert len(task.target_train_eval) == len(task.target_train)
+    torch.manual_seed(0)
+    a, b = task.target_train_eval[3][0], task.target_train_eval[3][0]
+    assert torch.equal(a, b) and task.target_train_eval[3][1] == 3  # deterministic view, index not label
+    train_views = [task.target_train[3][0] for _ in range(8)]
+    assert any(not torch.equal(train_views[0], v) for v in train_views[1:])  # the training view is random
+    seen = []
+    original = EpochContext.predict_target
+
+    def spy(self, method):
+        seen.append(self.target_train)
+        return original(self, method)
+
+    monkeypatch.setattr(EpochContext, "predict_target", spy)
+    cfg = folder_cfg(f"dataset.root={tmp_path / 'data'}", "method=self_training", "init=scratch")
+    fit(cfg, run_dir=str(tmp_path / "run"), quiet=True)
+    assert seen and all(getattr(s.base, "transform", None) is not None for s in seen)
+    assert all(s.base.transform.train is False for s in seen)

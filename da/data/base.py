@@ -72,6 +72,16 @@ class Task:
     #: Labelled validation split carved from the labelled target budget (inductive tasks only): the trainer
     #: early-stops on it and reports the best epoch. Transductive tasks leave it None.
     val: Dataset | None = None
+    #: The unlabelled target training images under the *evaluation* transform (same order and indices as
+    #: ``target_train``): what pseudo-labelling, validators and the collapse monitor predict on. None: the
+    #: training transform is not random, ``target_train`` itself serves.
+    target_train_eval: Unlabelled | None = None
+    #: Every unreadable file that was skipped, as "path: reason" (``skipped_files`` is their count).
+    skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.target_train_eval is None:
+            self.target_train_eval = self.target_train
 
     @property
     def num_classes(self) -> int:
@@ -90,8 +100,12 @@ def transductive_task(
     **extra: object,
 ) -> Task:
     """A :class:`Task` from each domain's (train, test) splits: the target's training labels are dropped here
-    (:class:`Unlabelled`) and kept aside only for analysis. ``extra``: ``skipped_files``, ``notes``."""
+    (:class:`Unlabelled`) and kept aside only for analysis. ``extra``: ``skipped_files``, ``skipped``, ``notes``,
+    ``target_train_eval`` (the target training images under the evaluation transform, labels dropped here too).
+    """
     (source_train, source_test), (target_train, target_test) = source_splits, target_splits
+    if extra.get("target_train_eval") is not None:
+        extra["target_train_eval"] = Unlabelled(extra["target_train_eval"])  # type: ignore[arg-type]
     return Task(
         name=name,
         source=source,

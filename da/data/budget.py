@@ -121,6 +121,7 @@ def label_budget(
         image_size=task.image_size,
         target_train_labels=None,
         skipped_files=task.skipped_files,
+        skipped=task.skipped,
         notes=notes,
         val=Subset(eval_pool, val.tolist()) if len(val) else None,
     )

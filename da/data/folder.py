@@ -89,11 +89,9 @@ def two_domain_task(
         3,
         crop,
         skipped_files=sum(len(d.skipped) for d in decoded.values()),
-        notes={
-            "skipped": [p for d in decoded.values() for p in d.skipped],
-            "normalization": (IMAGENET_MEAN, IMAGENET_STD),
-            "target_train_eval": target_splits[1],  # the target training images without augmentation
-        },
+        skipped=[p for d in decoded.values() for p in d.skipped],
+        notes={"normalization": (IMAGENET_MEAN, IMAGENET_STD)},
+        target_train_eval=target_splits[1],  # the target training images without augmentation
     )
 
 
@@ -128,11 +126,9 @@ def one_domain_task(
         3,
         cfg.crop,
         skipped_files=len(decoded.skipped),
-        notes={
-            "skipped": decoded.skipped,
-            "normalization": (IMAGENET_MEAN, IMAGENET_STD),
-            "target_train_eval": LabelledTensors(train.x, train.y, test_set.transform),  # without augmentation
-        },
+        skipped=decoded.skipped,
+        notes={"normalization": (IMAGENET_MEAN, IMAGENET_STD)},
+        target_train_eval=LabelledTensors(train.x, train.y, test_set.transform),  # without augmentation
     )
 
 

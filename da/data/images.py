@@ -83,17 +83,26 @@ def _decode(path: str, size: int) -> np.ndarray | str:
     """(S, S, 3) uint8 pixels of one image, or the reason it cannot be read."""
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            img = _to_8bit(img).convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except Exception as err:  # a corrupt or truncated file of any kind is skipped, never fatal
         return f"{type(err).__name__}: {err}"
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit (and 32-bit integer) grey images scaled to 8 bits: PIL's ``convert`` would clip them to 255."""
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return img
+    arr = np.asarray(img).astype(np.float64)
+    full = 65535.0 if img.mode.startswith("I;16") or arr.max() <= 65535 else float(arr.max())
+    return Image.fromarray(np.clip(np.rint(arr * 255.0 / full), 0, 255).astype(np.uint8), mode="L")
 
 
 @dataclass
 class DecodedImages:
     x: torch.Tensor  # (N, 3, S, S) uint8
     y: torch.Tensor  # (N,) long
-    skipped: list[str]  # paths that could not be decoded
+    skipped: list[str]  # "path: reason" of every file that could not be decoded
 
 
 def decode_folder(files: dict[str, list[str]], class_names: list[str], size: int, what: str) -> DecodedImages:
@@ -122,10 +131,11 @@ def decode_folder(files: dict[str, list[str]], class_names: list[str], size: int
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
         errors = list(pool.map(work, range(len(paths))))
     keep = [i for i, e in enumerate(errors) if e is None]
-    skipped = [paths[i] for i, e in enumerate(errors) if e is not None]
+    skipped = [f"{paths[i]}: {e}" for i, e in enumerate(errors) if e is not None]
     if skipped:
-        first = errors[paths.index(skipped[0])]
-        log.warning("%s: skipped %d unreadable image(s), e.g. %s (%s)", what, len(skipped), skipped[0], first)
+        log.warning(
+            "%s: skipped %d unreadable image(s), e.g. %s (all in skipped_files.txt)", what, len(skipped), skipped[0]
+        )
         pixels = pixels[keep]
     survivors = {labels[i] for i in keep}
     lost = [c for k, c in enumerate(class_names) if k not in survivors]

@@ -79,11 +79,25 @@ def load_mnist(data_root: str, train: bool, download: bool) -> tuple[torch.Tenso
             MNIST(data_root, train=train, download=True)
         except Exception as err:  # no network, a dead mirror, a bad checksum
             raise DataError(f"MNIST not found and the download failed ({_reason(err)}): {where}") from err
+    names = MNIST_FILES[:2] if train else MNIST_FILES[2:]  # (images, labels) of the split
+    images, labels = (_read_mnist_file(raw, name) for name in names)
+    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+        raise DataError(
+            f"MNIST files {names[0]} ({tuple(images.shape)}) and {names[1]} ({tuple(labels.shape)}) in {raw} do not "
+            f"match: delete them; {where}"
+        )
+    return images, labels.long()
+
+
+def _read_mnist_file(raw: str, name: str) -> torch.Tensor:
+    """One MNIST idx file (torchvision's reader), or a DataError naming the file that cannot be read."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    path = os.path.join(raw, name)
     try:
-        ds = MNIST(data_root, train=train, download=False)
+        return read_sn3_pascalvincent_tensor(path, strict=False)
     except Exception as err:  # a truncated or foreign file
-        raise DataError(f"cannot read MNIST from {raw} ({_reason(err)}): delete the bad file; {where}") from err
-    return ds.data, ds.targets
+        raise DataError(f"cannot read the MNIST file {path} ({_reason(err)}): delete it and download it again") from err
 
 
 def load_usps(data_root: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
