@@ -21,7 +21,7 @@ from da import checkpoint
 from da.backbones import BackboneConfig, ImageClassifier, build_model
 from da.config import check_top_level, to_dataclass
 from da.data import DATASETS, build_task
-from da.data.base import Task
+from da.data.base import Task, hold_out_source_val
 from da.errors import ConfigError
 from da.methods import METHODS, Method, MethodConfig
 from da.train import TrainerConfig, seed_everything
@@ -132,6 +132,9 @@ def build_run(
         task = build_task(configs.dataset, seed, os.path.expanduser(str(cfg.data_root)))
         if tasks is not None:
             tasks[key] = task
+    if configs.method_cls.kind != "inductive":  # label-free validators' labelled source split (da/validators.py)
+        split_seed = int(getattr(configs.dataset, "split_seed", 0))
+        task = hold_out_source_val(task, float(cfg.get("source_val", 0.0) or 0.0), split_seed)
     task = configs.method_cls.prepare_task(task, configs.method, seed)  # inductive: the labelled target budget
     backbone_cfg = configs.backbone
     if not pretrained:

@@ -13,7 +13,18 @@ from omegaconf.errors import OmegaConfBaseException
 from da.errors import ConfigError
 
 T = TypeVar("T")
-TOP_LEVEL_KEYS = ("method", "dataset", "backbone", "trainer", "seed", "device", "data_root", "init", "selection")
+TOP_LEVEL_KEYS = (
+    "method",
+    "dataset",
+    "backbone",
+    "trainer",
+    "seed",
+    "device",
+    "data_root",
+    "init",
+    "selection",
+    "source_val",
+)
 
 
 def config_dir() -> str:
@@ -101,5 +112,8 @@ def check_top_level(cfg: DictConfig) -> None:
 
         if selection not in VALIDATORS:
             raise ConfigError(f"unknown selection {selection!r}; valid: last, {', '.join(VALIDATORS)}")
+    fraction = cfg.get("source_val", 0.0)
+    if not isinstance(fraction, int | float) or not 0 <= fraction < 0.5:
+        raise ConfigError(f"source_val must be a fraction in [0, 0.5), got {fraction!r}")
     if not isinstance(cfg.get("seed"), int) or cfg.seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {cfg.get('seed')!r}")

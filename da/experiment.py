@@ -28,7 +28,7 @@ from da.runlog import log_to_run_folder
 from da.selection import oracle, selected_epochs
 from da.stages import SOURCE_STAGE_DIR, init_choice, source_stage_config
 from da.train import Trainer, fingerprint, read_resumable, select_device, set_deterministic
-from da.validators import VALIDATORS, best_epochs, epoch_scores
+from da.validators import VALIDATORS, best_epochs, score_all
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +172,8 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, device: torch.device, res
         "train_seconds": round(trainer.train_seconds, 3),
         "images_per_second": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
         "selection": trainer.selection,
-        # label-free scores of the reported weights on the unlabelled target train split (da/validators.py)
-        "validators": {
-            k.removesuffix("_score"): v for k, v in epoch_scores(method, task.target_train_eval, device, bs).items()
-        },
+        # label-free scores of the reported weights (da/validators.py): unlabelled target, labelled source_val
+        "validators": score_all(trainer.validation_data()),
         "validator_best_epoch": best_epochs(trainer.history),  # the epoch each validator would choose
         # analysis only: each validator's pick and that epoch's target accuracy; the oracle (target labels)
         "selected": selected_epochs(trainer.history, list(VALIDATORS)),
@@ -183,6 +181,11 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, device: torch.device, res
         "versions": versions(),
         "git_commit": git_commit(),
         "config": resolved,
+    }
+    results["splits"] = {  # sizes of every split the run read (source_val: the label-free validators' source split)
+        name: len(getattr(task, name))
+        for name in ("source_train", "source_val", "source_test", "target_train", "target_test", "val")
+        if getattr(task, name) is not None and (name != "source_train" or method.uses_source)
     }
     results["collapse"] = trainer.monitor.collapse  # label-free collapse warning (da/monitor.py), or None
     results["device"] = device.type

@@ -26,7 +26,7 @@ from da.methods.base import EpochContext, Method
 from da.monitor import CollapseMonitor
 from da.runlog import MetricLog, Progress
 from da.selection import EarlyStopping, LabelFreeSelection
-from da.validators import score
+from da.validators import ValidationData, score_all
 
 LR_SCHEDULES = ("dann", "cosine", "constant")
 #: Trainer keys that do not change what a run computes: left out of the config fingerprint, so a run folder
@@ -294,14 +294,27 @@ class Trainer:
         if self.method.uses_source:
             src = predict(self.method, self.task.source_test, self.device, bs)
             out["source_acc"] = accuracy(src.logits, src.labels)
-        logits_t = self.predict_target_train()
-        out.update({f"{k}_score": v for k, v in score(logits_t).items()})
-        out.update(self.monitor.update(self.epoch, logits_t))
+        data = self.validation_data()
+        out.update({f"{k}_score": v for k, v in score_all(data).items()})
+        out.update(self.monitor.update(self.epoch, data.logits_t))
         return out
+
+    def validation_data(self) -> ValidationData:
+        """Predictions the label-free validators read: the unlabelled target training split (evaluation
+        transform) and, for a method that uses source data, the labelled source validation split. Training's
+        random stream is left untouched (a DataLoader draws a seed from the global RNG)."""
+        bs = self.cfg.eval_batch_size
+        with torch.random.fork_rng(devices=[]):
+            tgt = predict(self.method, self.task.target_train_eval, self.device, bs)
+            src_val = self.task.source_val if self.method.uses_source else None
+            src = predict(self.method, src_val, self.device, bs) if src_val is not None and len(src_val) else None
+        if src is None:
+            return ValidationData(tgt.logits, tgt.features)
+        return ValidationData(tgt.logits, tgt.features, src.logits, src.features, src.labels)
 
     def predict_target_train(self) -> torch.Tensor:
         """Logits (N, K) on the unlabelled target training split, leaving training's random stream untouched."""
-        with torch.random.fork_rng(devices=[]):  # a DataLoader draws a seed from the global RNG
+        with torch.random.fork_rng(devices=[]):
             return predict(self.method, self.task.target_train_eval, self.device, self.cfg.eval_batch_size).logits
 
     def pseudo_label_metrics(self) -> dict[str, float]:

@@ -185,7 +185,7 @@ def test_10_non_finite_weights_after_the_last_step_stop_the_run(tmp_path, monkey
 
 
 def test_10_results_json_is_strict_json(tmp_path, monkeypatch):
-    monkeypatch.setattr(da.experiment, "epoch_scores", lambda *args: {"im_score": float("nan")})
+    monkeypatch.setattr(da.experiment, "score_all", lambda *args: {"im": float("nan")})
     fit(tiny_cfg("trainer.epochs=1"), run_dir=str(tmp_path), quiet=True)
     text = (tmp_path / "results.json").read_text()
     assert "NaN" not in text and json.loads(text)["validators"]["im"] is None

@@ -6,6 +6,7 @@ import math
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,14 +70,24 @@ def test_best_epoch_reads_the_logged_scores():
 
 
 def test_scores_never_see_target_labels():
+    from da.evaluate import predict
+
     from .test_methods import build
 
     method, task, _ = build("dann")
-    before = validators.epoch_scores(method, task.target_train, torch.device("cpu"), 64)
+    cpu = torch.device("cpu")
+
+    val = task.source_test  # the source split the validators may read (source_val on larger tasks)
+
+    def scores():
+        t, s = predict(method, task.target_train, cpu), predict(method, val, cpu)
+        return validators.score_all(validators.ValidationData(t.logits, t.features, s.logits, s.features, s.labels))
+
+    before = scores()
     base = task.target_train.base
     base.y = base.y[torch.randperm(len(base.y), generator=torch.Generator().manual_seed(0))]  # scramble the labels
-    after = validators.epoch_scores(method, task.target_train, torch.device("cpu"), 64)
-    assert before == after and set(before) == {"im_score", "snd_score", "entropy_score"}
+    after = scores()
+    assert before == after and set(before) == set(validators.VALIDATORS)
 
 
 def test_default_method_is_dann():
@@ -91,14 +102,14 @@ def test_run_reports_validators_per_epoch_and_at_the_end(tmp_path, capsys):
     results = fit(tiny_cfg("method=dann"), run_dir=str(tmp_path / "1_dann"))
     assert f"(source_only, same task and seed: {100 * baseline['target_acc']:.1f}%" in capsys.readouterr().out
     tmp_path = tmp_path / "1_dann"
-    assert set(results["validators"]) == {"im", "snd", "entropy"}
+    assert set(results["validators"]) == set(validators.VALIDATORS)
     assert all(math.isfinite(v) for v in results["validators"].values())
     assert results["selection"]["rule"] == "last"
     with open(tmp_path / "log.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 and all(row["im_score"] and row["snd_score"] for row in rows)
     assert float(rows[-1]["im_score"]) == pytest.approx(results["validators"]["im"], abs=1e-6)  # the last epoch
-    assert set(results["validator_best_epoch"]) == {"im", "snd", "entropy"}
+    assert set(results["validator_best_epoch"]) == set(validators.VALIDATORS)
 
 
 def test_summary_prints_the_source_only_figure_of_the_same_task_and_seed(tmp_path):
@@ -126,9 +137,93 @@ def test_summary_prints_the_source_only_figure_of_the_same_task_and_seed(tmp_pat
 def test_logging_validators_does_not_change_training(tmp_path, monkeypatch):
     cfg = tiny_cfg("method=dann", "trainer.epochs=2")
     logged = fit(cfg, run_dir=str(tmp_path / "a"), quiet=True)
-    monkeypatch.setattr(da.train, "score", lambda *args: {})  # the trainer without the validators
+    monkeypatch.setattr(da.train, "score_all", lambda *args: {})  # the trainer without the validators
     plain = fit(cfg, run_dir=str(tmp_path / "b"), quiet=True)
     assert logged["target_acc"] == plain["target_acc"]
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["method"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["method"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- bnm, classami, dev, devn, source_val (issue 14)
+def _confident(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    """Logits predicting class i mod k with high confidence."""
+    z = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    z[torch.arange(n), torch.arange(n) % k] += 8.0
+    return z
+
+
+@needs_pytorch_adapt
+def test_bnm_and_classami_match_pytorch_adapt():
+    from pytorch_adapt.validators import BNMValidator, ClassClusterValidator
+
+    z = logits(200, 5)
+    assert validators.bnm_score(z) == pytest.approx(BNMValidator(layer="logits")(target_train={"logits": z}), abs=1e-5)
+    f = torch.randn(200, 16, generator=torch.Generator().manual_seed(3)) + z.argmax(1, keepdim=True).float()
+    ref = ClassClusterValidator(
+        layer="features",
+        centroid_init="label_centers",
+        feat_normalizer=lambda x: torch.nn.functional.normalize(x, dim=1),
+    )(target_train={"features": f, "logits": z})
+    assert validators.classami_score(f, z) == pytest.approx(ref, abs=1e-6)
+
+
+@needs_pytorch_adapt
+@pytest.mark.parametrize("normalization", [None, "max"])
+def test_dev_risk_matches_the_reference_code(normalization):
+    from pytorch_adapt.validators.deep_embedded_validator import get_dev_risk
+
+    g = torch.Generator().manual_seed(1)
+    w, e = torch.rand(50, 1, generator=g) * 3, torch.rand(50, 1, generator=g)
+    ref = get_dev_risk(w.clone(), e.clone(), normalization)
+    ours = validators.dev_risk(w[:, 0].numpy(), e[:, 0].numpy(), normalization)
+    assert ours == pytest.approx(ref, rel=1e-6)  # the reference computes in float32
+
+
+def test_bnm_and_im_prefer_confident_diverse_predictions():
+    diverse = _confident(100, 4)
+    collapsed = torch.zeros(100, 4)
+    collapsed[:, 0] = 8.0
+    for name in ("bnm", "im"):
+        assert validators.score(diverse, (name,))[name] > validators.score(collapsed, (name,))[name]
+    p = torch.softmax(diverse, 1).numpy()
+    assert validators.bnm_score(diverse) == pytest.approx(np.linalg.norm(p, "nuc") / len(p), rel=1e-5)
+
+
+def test_classami_rewards_features_that_agree_with_the_predictions():
+    z = _confident(120, 3)
+    centres = torch.eye(3) * 5
+    agree = centres[z.argmax(1)] + 0.3 * torch.randn(120, 3, generator=torch.Generator().manual_seed(0))
+    shuffled = agree[torch.randperm(120, generator=torch.Generator().manual_seed(1))]
+    assert validators.classami_score(agree, z) > 0.9 > validators.classami_score(shuffled, z)
+
+
+def test_dev_penalises_errors_where_the_target_lives():
+    """Two models with the same source-validation error count: the one wrong on target-like images is worse."""
+    g = torch.Generator().manual_seed(0)
+    f_s = torch.cat([torch.randn(100, 2, generator=g) - 2, torch.randn(100, 2, generator=g) + 2])  # half target-like
+    f_t = torch.randn(300, 2, generator=g) + 2
+    y_s = torch.zeros(200, dtype=torch.long)
+    good = torch.tensor([[4.0, 0.0]]).repeat(200, 1)
+    wrong_far, wrong_near = good.clone(), good.clone()
+    wrong_far[:30] = torch.tensor([0.0, 4.0])  # errors on source-like images (far from the target)
+    wrong_near[100:130] = torch.tensor([0.0, 4.0])  # errors on target-like images
+    data = dict(features_t=f_t, logits_t=torch.zeros(300, 2), features_s=f_s, labels_s=y_s)
+    far = validators.ValidationData(logits_s=wrong_far, **data)
+    near = validators.ValidationData(logits_s=wrong_near, **data)
+    for name in ("dev", "devn"):
+        assert validators.score_all(far, (name,))[name] > validators.score_all(near, (name,))[name]
+    accs = [validators.score_all(d, ("source_val",))["source_val"] for d in (far, near)]
+    assert accs == pytest.approx([0.85, 0.85])
+    weights = validators.domain_weights(f_s, f_t)
+    assert weights[100:].mean() > 5 * weights[:100].mean()  # target-like source images weigh more
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_validators_are_finite_on_degenerate_inputs(n):
+    z = torch.zeros(n, 3)  # all-equal predictions, one predicted class
+    f = torch.ones(n, 4)
+    data = validators.ValidationData(z, f, torch.zeros(n, 3), f, torch.zeros(n, dtype=torch.long))
+    out = validators.score_all(data)
+    assert all(np.isfinite(v) for v in out.values()), out
+    assert set(out) >= set(validators.TARGET_ONLY)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -78,6 +78,9 @@ class Task:
     target_train_eval: Unlabelled | None = None
     #: Every unreadable file that was skipped, as "path: reason" (``skipped_files`` is their count).
     skipped: list[str] = field(default_factory=list)
+    #: Labelled source images held out of ``source_train`` for label-free validators (dev, devn, source_val),
+    #: under the evaluation transform; see :func:`hold_out_source_val`. None: no such split.
+    source_val: Dataset | None = None
 
     def __post_init__(self) -> None:
         if self.target_train_eval is None:
@@ -119,6 +122,34 @@ def transductive_task(
         image_size=image_size,
         target_train_labels=target_train.y.clone(),
         **extra,  # type: ignore[arg-type]
+    )
+
+
+def hold_out_source_val(task: Task, fraction: float, split_seed: int = 0) -> Task:
+    """Move a stratified ``fraction`` of the labelled source training images into ``task.source_val`` (evaluation
+    transform), fixed by ``split_seed`` — not by the run's seed, so every seed and method sees the same split.
+
+    The source *test* split stays for reporting. A task whose source training set is not in memory as
+    :class:`LabelledTensors`, or too small to stratify, keeps it whole.
+    """
+    from sklearn.model_selection import train_test_split
+
+    source = task.source_train
+    if fraction <= 0 or not isinstance(source, LabelledTensors):
+        return task
+    y = source.y.numpy()
+    classes = len(set(y.tolist()))
+    n_val = int(round(fraction * len(y)))
+    if n_val < classes or len(y) - n_val < classes:
+        return task
+    train, val = train_test_split(range(len(y)), test_size=n_val, stratify=y, random_state=split_seed)
+    train, val = torch.as_tensor(sorted(train)), torch.as_tensor(sorted(val))
+    eval_transform = getattr(task.source_test, "transform", None)  # the source images' evaluation view
+    return replace(  # a new Task: a cached one (da.plots) is never split twice
+        task,
+        source_train=LabelledTensors(source.x[train], source.y[train], source.transform),
+        source_val=LabelledTensors(source.x[val], source.y[val], eval_transform),
+        notes={**task.notes, "source_val": {"train": len(train), "val": len(val), "split_seed": split_seed}},
     )
 
 
