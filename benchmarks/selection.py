@@ -3,11 +3,11 @@
 ``python -m benchmarks.selection [suite=digits_selection] [out=DIR] [stage=all|sweep|report] [-- overrides]``
 
 A selection suite (``benchmarks/suites/<name>.yaml``) gives, per method, a small grid of its main knobs and
-which grid point is the method's default. Every (method, grid point, seed) is one ``da.run`` job through Hydra
-multirun (any Hydra launcher: add ``hydra/launcher=joblib`` after ``--`` to run jobs in parallel); a job whose
-results.json exists is skipped. The report reads each job's log.csv — one row per epoch, a checkpoint with its
-label-free scores (``<validator>_score``) and, for analysis only, its target test accuracy — and gives per
-method × validator, averaged over seeds:
+which grid point is the method's default. Every (method, grid point, seed) is one ``da.run`` job of one Hydra
+multirun per method (any Hydra launcher: add ``hydra/launcher=joblib hydra.launcher.n_jobs=2`` after ``--`` to
+run jobs in parallel); a method whose jobs all have results.json is skipped. The report reads each job's
+log.csv — one row per epoch, a checkpoint with its label-free scores (``<validator>_score``) and, for analysis
+only, its target test accuracy — and gives per method × validator, averaged over seeds:
 
 - ``picked``: target accuracy of the (grid point, epoch) with the best validator score — what a user without
   target labels would get by trusting that validator;
@@ -79,41 +79,45 @@ def job_dir(out: str, method: str, point: dict[str, object], seed: int) -> str:
 
 
 def sweep(suite: SelectionSuite, out: str, extra: list[str]) -> int:
-    """One Hydra multirun per (method, grid point) over the seeds still missing; returns jobs launched."""
-    launched = 0
+    """One Hydra multirun per method over its grid × the seeds with a missing job; returns the jobs missing
+    before. A finished job in the multirun resumes from its checkpoint in a moment (nothing is retrained), and
+    a method whose jobs all have results.json is skipped."""
+    missing_total = 0
     for method, grid in suite.grids.items():
-        for point in grid_points(grid):
-            seeds = [
-                s
-                for s in suite.seeds
-                if not os.path.isfile(os.path.join(job_dir(out, method, point, s), "results.json"))
-            ]
-            if not seeds:
-                continue
-            folder = os.path.dirname(job_dir(out, method, point, 0))
-            cmd = [
-                sys.executable,
-                "-m",
-                "da.run",
-                "-m",
-                f"dataset={suite.task['dataset']}",
-                f"dataset.source={suite.task['source']}",
-                f"dataset.target={suite.task['target']}",
-                f"method={method}",
-                *(f"{k}={v}" for k, v in point.items()),
-                f"seed={','.join(map(str, seeds))}",
-                "trainer.progress_bar=false",
-                *suite.overrides,
-                *(o.replace("{out}", os.path.abspath(out)) for o in suite.method_overrides.get(method, [])),
-                *extra,
-                f"hydra.sweep.dir={folder}",
-                "hydra.sweep.subdir=seed${seed}",
-            ]
-            print(f"[{time.strftime('%H:%M:%S')}] {method} {slug(point)} x seeds {seeds}", flush=True)
-            if subprocess.run(cmd).returncode != 0:
-                raise SystemExit(f"error: a job of {method} {slug(point)} failed; rerun the same command to resume")
-            launched += len(seeds)
-    return launched
+        missing = [
+            (p, s)
+            for p in grid_points(grid)
+            for s in suite.seeds
+            if not os.path.isfile(os.path.join(job_dir(out, method, p, s), "results.json"))
+        ]
+        if not missing:
+            continue
+        missing_total += len(missing)
+        seeds = sorted({s for _, s in missing})
+        keys = sorted(grid)
+        subdir = "_".join(f"{k.split('.')[-1]}${{{k}}}" for k in keys) or "default"
+        cmd = [
+            sys.executable,
+            "-m",
+            "da.run",
+            "-m",
+            f"dataset={suite.task['dataset']}",
+            f"dataset.source={suite.task['source']}",
+            f"dataset.target={suite.task['target']}",
+            f"method={method}",
+            *(f"{k}={','.join(str(v) for v in grid[k])}" for k in keys),
+            f"seed={','.join(map(str, seeds))}",
+            "trainer.progress_bar=false",
+            *suite.overrides,
+            *(o.replace("{out}", os.path.abspath(out)) for o in suite.method_overrides.get(method, [])),
+            *extra,
+            f"hydra.sweep.dir={os.path.join(out, 'runs', method)}",
+            f"hydra.sweep.subdir={subdir}/seed${{seed}}",
+        ]
+        print(f"[{time.strftime('%H:%M:%S')}] {method}: {len(missing)} missing jobs (grid {grid}, seeds {seeds})")
+        if subprocess.run(cmd).returncode != 0:
+            raise SystemExit(f"error: a job of {method} failed; finished jobs are kept, rerun the same command")
+    return missing_total
 
 
 def read_log(run_dir: str) -> list[dict[str, float]]:

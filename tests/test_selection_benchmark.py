@@ -32,6 +32,7 @@ def test_tiny_selection_suite(tmp_path):
     out = tmp_path / "out"
     assert selection.sweep(suite, str(out), TINY) == 3
     assert selection.sweep(suite, str(out), TINY) == 0  # finished jobs are skipped
+    assert (out / "runs" / "source_only" / "lr0.03" / "seed0" / "results.json").is_file()
     md, _ = selection.report(suite, str(out))
     text = open(md).read()
     assert "| source_only | snd |" in text and "| self_training | im |" in text and "Smallest regret" in text
