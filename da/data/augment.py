@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torchvision import transforms as T
+from torchvision.transforms import v2 as T
 
 from da.errors import ConfigError
 

@@ -55,7 +55,11 @@ def split_budget(
     val_fraction: float,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices into the pool (train, val, rest), stratified by class and drawn with ``seed``."""
+    """Indices into the pool (train, val, rest), stratified by class and drawn with ``seed``.
+
+    Hand-written rather than scikit-learn's ``train_test_split(stratify=...)``: a label budget is an exact
+    number of images per class (``labels_per_class``), which a proportional stratified split cannot give.
+    """
     rng = np.random.default_rng(seed)
     y = labels.cpu().numpy()
     train, val, rest = [], [], []

@@ -149,7 +149,8 @@ def decode_folder(files: dict[str, list[str]], class_names: list[str], size: int
 class TensorTransform:
     """uint8 (3, S, S) -> normalised float (3, C, C): random crop + horizontal flip when training, else centre crop.
 
-    The crop of the standard Office-31 protocol (resize 256, crop 224; arXiv 1409.7495, 1705.10667) on tensors.
+    The crop of the standard Office-31 protocol (resize 256, crop 224; arXiv 1409.7495, 1705.10667), as
+    torchvision ``transforms.v2`` ops on the decoded tensors.
     """
 
     def __init__(
@@ -160,21 +161,18 @@ class TensorTransform:
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
+        from torchvision.transforms import v2
+
         self.crop, self.train, self.flip = crop, train, flip
-        self.mean = torch.tensor(mean).view(-1, 1, 1)  # (3, 1, 1)
-        self.std = torch.tensor(std).view(-1, 1, 1)
+        geometry = [v2.RandomCrop(crop)] if train else [v2.CenterCrop(crop)]
+        if train and flip:
+            geometry.append(v2.RandomHorizontalFlip())
+        self.transform = v2.Compose(
+            [*geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if self.train:
-            top = int(torch.randint(0, h - self.crop + 1, ()))
-            left = int(torch.randint(0, w - self.crop + 1, ()))
-        else:
-            top, left = (h - self.crop) // 2, (w - self.crop) // 2
-        x = x[:, top : top + self.crop, left : left + self.crop]  # (3, C, C)
-        if self.train and self.flip and bool(torch.rand(()) < 0.5):
-            x = x.flip(-1)
-        return (x.float() / 255.0 - self.mean) / self.std
+        return self.transform(x)
 
 
 def train_and_eval(images: DecodedImages, crop: int, flip: bool = True) -> tuple[LabelledTensors, LabelledTensors]:
@@ -188,7 +186,9 @@ def train_and_eval(images: DecodedImages, crop: int, flip: bool = True) -> tuple
 def stratified_split(labels: torch.Tensor, seed: int, test_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, test) indices: ``test_fraction`` of each class (rounded) for test, drawn with ``seed``.
 
-    Every class keeps at least one training image, and one test image when it has two images or more.
+    Every class keeps at least one training image, and one test image when it has two images or more. Written
+    here rather than with scikit-learn's ``train_test_split(stratify=...)``, which refuses a class of one image
+    and may leave a small class out of the test split entirely (user folders often have such classes).
     """
     rng = np.random.default_rng(seed)
     train, test = [], []

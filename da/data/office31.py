@@ -13,7 +13,6 @@ that fails, one error line says what to download and where to put it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 from dataclasses import dataclass
@@ -61,16 +60,13 @@ def domain_dir(base: str, domain: str) -> str | None:
     return None
 
 
-def md5sum(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def extract(archive: str, base: str, md5: str | None) -> None:
-    if md5 and md5sum(archive) != md5:
+    """Check the archive's md5 (torchvision's ``check_integrity``) and extract it. The extraction stays on
+    ``tarfile`` with its "data" filter: torchvision's ``extract_archive`` (0.29) extracts every member as is,
+    so a crafted archive could write outside ``base``."""
+    from torchvision.datasets.utils import check_integrity
+
+    if md5 and not check_integrity(archive, md5):
         raise DataError(
             f"{archive} does not match md5 {md5} (a partial or different download): delete it and download it "
             "again, or set dataset.md5=null to skip the check"
@@ -79,7 +75,7 @@ def extract(archive: str, base: str, md5: str | None) -> None:
         with tarfile.open(archive) as tar:
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(base, filter="data")  # refuses absolute paths and links out of base
-            else:  # pragma: no cover - Python < 3.10.12
+            else:  # Python < 3.10.12 / 3.11.4
                 tar.extractall(base)  # noqa: S202
     except (tarfile.TarError, OSError) as err:
         raise DataError(f"cannot extract {archive}: {one_line(err)}") from err
