@@ -38,12 +38,28 @@ def task_label(key: str) -> str:
     return f"{TASK_NAMES.get(src, src)}→{TASK_NAMES.get(tgt, tgt)}"
 
 
-def summarise(results: list[dict], methods: list[str] | None = None, tasks: list[str] | None = None):
-    """{(method, task): {seed: accuracy %}} plus the method and task orders."""
+def reported(r: dict) -> float | None:
+    return r["target_acc"]
+
+
+def picked_by(validator: str):
+    """The target accuracy of the epoch ``validator`` picks in a run (results.json ``selected``; analysis)."""
+    return lambda r: ((r.get("selected") or {}).get(validator) or {}).get("target_acc")
+
+
+def oracle_value(r: dict) -> float | None:
+    return (r.get("oracle") or {}).get("target_acc")
+
+
+def summarise(results: list[dict], methods: list[str] | None = None, tasks: list[str] | None = None, value=reported):
+    """{(method, task): {seed: accuracy %}} plus the method and task orders; ``value`` reads a run's accuracy
+    (the reported one by default; a validator's pick, or the oracle, for the selection columns)."""
     cells: dict[tuple[str, str], dict[int, float]] = {}
     for r in results:
         key = (r["method"], f"{r['source']}_to_{r['target']}")
-        cells.setdefault(key, {})[r["seed"]] = 100.0 * r["target_acc"]
+        v = value(r)
+        if v is not None:
+            cells.setdefault(key, {})[r["seed"]] = 100.0 * v
     methods = methods or sorted({m for m, _ in cells})
     tasks = tasks or sorted({t for _, t in cells})
     return cells, [m for m in methods if any((m, t) in cells for t in tasks)], tasks
@@ -99,25 +115,53 @@ def _published(published: dict, method: str, tasks: list[str]) -> tuple[float | 
     return None, None
 
 
-def markdown(results: list[dict], published: dict, title: str, methods=None, tasks=None) -> str:
+def _average(cells: dict, method: str, tasks: list[str]) -> str:
+    """mean ± std over seeds of the per-seed average over tasks (seeds every task has)."""
+    per_task = [cells.get((method, t), {}) for t in tasks]
+    common = set.intersection(*(set(v) for v in per_task)) if per_task else set()
+    return _fmt([mean(v[seed] for v in per_task) for seed in sorted(common)])
+
+
+def markdown(
+    results: list[dict], published: dict, title: str, methods=None, tasks=None, validator: str = "source_val"
+) -> str:
     cells, methods, tasks = summarise(results, methods, tasks)
+    picked, _, _ = summarise(results, methods, tasks, picked_by(validator))
+    best, _, _ = summarise(results, methods, tasks, oracle_value)
     long = {(r["method"], r["task"]): r for r in rows(results, published, methods, tasks)}
-    head = ["method", *[task_label(t) for t in tasks], "avg", "published avg", "Δ", "source"]
+    head = [
+        "method",
+        *[task_label(t) for t in tasks],
+        "avg: last",
+        f"avg: {validator}-picked",
+        "avg: oracle†",
+        "published avg",
+        "published selection",
+        "Δ (last − published)",
+        "source",
+    ]
     lines = [
-        f"**{title}** — mean ± std over seeds; ours selects the last epoch (no target labels).",
+        f"**{title}** — mean ± std over seeds. Per task and `last`: the last epoch, what the package reports "
+        f"(no target labels). `{validator}-picked`: the epoch the label-free validator `{validator}` picks "
+        "(no target labels). †oracle: the best epoch by target test accuracy — analysis only, it needs target "
+        "labels and chooses nothing. Published numbers carry their own selection rule.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for m in methods:
         avg = long[(m, "avg")]
+        ref = avg["published_ref"]
         cols = [
             m,
             *[_fmt(cells.get((m, t), {})) for t in tasks],
             _fmt_row(avg),
+            _average(picked, m, tasks),
+            _average(best, m, tasks),
             _num(avg["published"]),
+            (published.get(ref) or {}).get("selection", "—") if ref else "—",
             _num(avg["diff"], signed=True),
-            avg["published_ref"] or "—",
+            ref or "—",
         ]
         lines.append("| " + " | ".join(cols) + " |")
     refs = [r for r in published.values() if r.get("methods")]

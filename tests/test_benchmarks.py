@@ -111,3 +111,14 @@ def test_report_writes_tables_and_figures_and_redraws_without_checkpoints(tmp_pa
     names = {os.path.basename(p) for p in report(suite, str(out))}
     assert {"tsne.png", "proxy_a_distance.png"} <= names
     assert (out / "figures" / "proxy_a_distance.csv").read_text().splitlines() == pads
+
+
+def test_collector_selection_columns_by_hand():
+    """The fixtures' validator picks are the reported accuracy + 1 point, their oracles + 2 points."""
+    from benchmarks.collect import load_published, markdown
+
+    results = load_results(os.path.join(DATA, "runs"))
+    published = load_published("mnist_usps", os.path.join(DATA, "published.yaml"))
+    text = markdown(results, published, "t", ["source_only"], ["mnist_to_usps", "usps_to_mnist"])
+    row = next(line for line in text.splitlines() if line.startswith("| source_only"))
+    assert "| 76.5 ± 1.5 | 77.5 ± 1.5 | 78.5 ± 1.5 | 78.3 | oracle |" in row
