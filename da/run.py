@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import sys
 
 GROUPS = ("method", "dataset", "backbone")
@@ -47,22 +46,6 @@ def _combinations(parsed) -> list[list[str]]:
     return [fixed + c for c in combos[:MAX_CHECKED_COMBINATIONS]]
 
 
-def check_run_dir(path: str) -> None:
-    """The run (or sweep) folder must be creatable: not a file, no file among its parents, not read-only."""
-    from da.errors import ConfigError
-
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"run folder {path} exists and is not a folder; choose another hydra.run.dir")
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError(f"cannot create run folder {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"cannot create run folder {path}: {parent} is not writable (read-only mount?)")
-
-
 def check_overrides(args: list[str]) -> None:
     """Catch bad overrides and unwritable run folders before Hydra starts, with one readable line."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -71,6 +54,7 @@ def check_overrides(args: list[str]) -> None:
     from da.build import typed_configs
     from da.config import compose, group_options, one_line
     from da.errors import ConfigError
+    from da.runfolder import check_run_dir
 
     overrides = [a for a in args if not a.startswith("-")]
     multirun = any(a in ("-m", "--multirun") for a in args)

@@ -86,8 +86,8 @@ def remove_stale_tmp(folder: str) -> list[str]:
     return removed
 
 
-def ensure_run_dir(path: str) -> str:
-    """Create the run folder (and its parents); a path that cannot be a writable folder is one ConfigError."""
+def check_run_dir(path: str) -> str:
+    """The absolute run folder, if it can be created: not a file, no file among its parents, not read-only."""
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"run folder {path} exists and is not a folder; choose another hydra.run.dir")
@@ -96,6 +96,14 @@ def ensure_run_dir(path: str) -> str:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ConfigError(f"cannot create run folder {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot create run folder {path}: {parent} is not writable (read-only mount?)")
+    return path
+
+
+def ensure_run_dir(path: str) -> str:
+    """Create the run folder (and its parents); a path that cannot be a writable folder is one ConfigError."""
+    path = check_run_dir(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:

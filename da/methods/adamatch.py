@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from da import augment_tensor, losses
 from da.errors import ConfigError
-from da.methods.base import METHODS, EpochContext, Method, MethodConfig
+from da.methods.base import METHODS, EpochContext, Method
+from da.methods.fixmatch import ConsistencyConfig
 
 
 @METHODS.register("adamatch")
@@ -35,24 +36,16 @@ class AdaMatch(Method):
     smoke_overrides = ("method.warmup=false",)  # the registry smoke test checks that a fixed loss goes down
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(ConsistencyConfig):  # trade_off: the target loss weight at the end of the warm-up (μ(t) -> 1)
         tau: float = 0.9  # relative confidence threshold (paper, Sec. 3.3 and Table 7)
-        trade_off: float = 1.0  # weight of the target loss at the end of the warm-up (paper: μ(t) -> 1)
         distribution_alignment: bool = True  # paper, Sec. 3.2
         random_logit_interpolation: bool = True  # paper, Sec. 3.1
         warmup: bool = True  # μ(t) = 1/2 − cos(min(π, 2πt/T))/2 (paper, Sec. 3.4); false: μ = 1
-        weak_shift: float = 0.125  # weak view: random translation (FixMatch's weak augmentation)
-        hflip: bool = False  # a flipped digit is another glyph: off for digits, on for natural images
-        strong_ops: int = 2  # RandAugment ops per image (FixMatch's strong augmentation)
-        cutout: float = 0.5  # Cutout square side as a fraction of the image side
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             if not 0.0 <= self.tau <= 1.0:
                 raise ConfigError(f"method.tau must be in [0, 1], got {self.tau}")
-            if self.trade_off < 0 or self.strong_ops < 0:
-                raise ConfigError("method.trade_off and method.strong_ops must be >= 0")
-            if not 0.0 <= self.weak_shift < 1.0 or not 0.0 <= self.cutout < 1.0:
-                raise ConfigError("method.weak_shift and method.cutout are fractions of the side, in [0, 1)")
 
     def on_epoch_start(self, ctx: EpochContext) -> dict[str, float]:
         """Keeps the last kept pseudo-label of each target image (−1 otherwise) for the coverage log."""

@@ -24,18 +24,31 @@ from da.errors import ConfigError
 from da.methods.base import METHODS, EpochContext, Method, MethodConfig
 
 
+@dataclass
+class ConsistencyConfig(MethodConfig):
+    """The weak and strong views and the consistency weight, shared by FixMatch and AdaMatch."""
+
+    trade_off: float = 1.0  # weight of the consistency loss
+    weak_shift: float = 0.125  # weak view: random translation, as a fraction of the side
+    hflip: bool = False  # weak view flip (never for glyphs: a flipped digit is another glyph)
+    strong_ops: int = 2  # RandAugment ops per image
+    cutout: float = 0.5  # Cutout square side as a fraction of the image side
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.trade_off < 0 or self.strong_ops < 0:
+            raise ConfigError("method.trade_off and method.strong_ops must be >= 0")
+        if not 0.0 <= self.weak_shift < 1.0 or not 0.0 <= self.cutout < 1.0:
+            raise ConfigError("method.weak_shift and method.cutout are fractions of the side, in [0, 1)")
+
+
 @METHODS.register("fixmatch")
 class FixMatch(Method):
     """Source CE + confidence-masked weak-to-strong consistency on the target; arXiv 2001.07685."""
 
     @dataclass
-    class Config(MethodConfig):
+    class Config(ConsistencyConfig):
         threshold: float = 0.95
-        trade_off: float = 1.0
-        weak_shift: float = 0.125
-        hflip: bool = False
-        strong_ops: int = 2
-        cutout: float = 0.5
         source_epochs: int | None = None
         source_label_smoothing: float = 0.0
         distribution_alignment: bool = False  # align the target's predicted marginal to the source's (ReMixMatch)
@@ -45,10 +58,6 @@ class FixMatch(Method):
             super().__post_init__()
             if not 0.0 <= self.threshold <= 1.0:
                 raise ConfigError(f"method.threshold must be in [0, 1], got {self.threshold}")
-            if self.trade_off < 0 or self.strong_ops < 0:
-                raise ConfigError("method.trade_off and method.strong_ops must be >= 0")
-            if not 0.0 <= self.weak_shift < 1.0 or not 0.0 <= self.cutout < 1.0:
-                raise ConfigError("method.weak_shift and method.cutout are fractions of the side, in [0, 1)")
 
     kind = "unsupervised"
     default_init = "source"  # init=null starts from a source model trained in <run_dir>/source_stage/
