@@ -27,6 +27,9 @@ from da.runfolder import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
+#: Trainer keys that do not change what a run computes: left out of the config fingerprint, so a run folder
+#: can be resumed with another value (e.g. with the progress bar off).
+NOT_FINGERPRINTED = ("progress_bar", "resume", "tensorboard", "collapse_fraction")
 
 
 def save(obj: Any, path: str) -> None:
@@ -84,3 +87,47 @@ def set_rng_state(state: dict[str, Any]) -> None:
         cuda = [s.cpu() for s in state["cuda"]]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
+
+
+# ---------------------------------------------------------------- resuming under the same config
+def fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that determines a run's numbers (a checkpoint resumes only under it)."""
+    out = {k: v for k, v in resolved.items() if k != "trainer"}
+    out["trainer"] = {k: v for k, v in resolved.get("trainer", {}).items() if k not in NOT_FINGERPRINTED}
+    return out
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs, e.g. ``["trainer.lr"]``."""
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        va, vb, name = a.get(key), b.get(key), f"{prefix}{key}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, f"{name}.")
+        elif va != vb:
+            out.append(name)
+    return out
+
+
+def check_resumable(state: dict[str, Any], signature: dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint written under another config, naming the keys that differ."""
+    differs = config_differences(state.get("signature", {}), signature)
+    if differs:
+        shown = ", ".join(differs[:5]) + (f" and {len(differs) - 5} more" if len(differs) > 5 else "")
+        hint = " (the LR schedule and the reported epoch depend on it)" if "trainer.epochs" in differs else ""
+        raise ConfigError(
+            f"{path} was written by a run with a different config: {shown}{hint}; "
+            "use another run folder, or trainer.resume=false to start this folder afresh"
+        )
+
+
+def read_resumable(run_dir: str, signature: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint in ``run_dir`` to resume from (None if there is none), refused if its config differs."""
+    path = os.path.join(run_dir, CHECKPOINT)
+    if not os.path.isfile(path):
+        return None
+    state = load(path, "resume", hint="; delete it, or run with trainer.resume=false to start afresh")
+    if not isinstance(state, dict) or "method" not in state:
+        raise ConfigError(f"resume: {path} is not a checkpoint of this package; delete it or use trainer.resume=false")
+    check_resumable(state, signature, path)
+    return state

@@ -21,13 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from da import checkpoint
 from da.build import build_run, typed_configs
+from da.checkpoint import fingerprint, read_resumable
 from da.errors import ConfigError
 from da.evaluate import accuracy, per_class_accuracy, predict
 from da.runfolder import locked_run_dir, read_json, write_json, write_text
 from da.runlog import log_to_run_folder
 from da.selection import oracle, selected_epochs
 from da.stages import SOURCE_STAGE_DIR, init_choice, source_stage_config
-from da.train import Trainer, fingerprint, read_resumable, select_device, set_deterministic
+from da.train import Trainer, select_device, set_deterministic
 from da.validators import VALIDATORS, best_epochs, score_all
 
 log = logging.getLogger(__name__)

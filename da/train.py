@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from da import checkpoint
+from da.checkpoint import read_resumable
 from da.data.base import Task, forever, make_loader
 from da.errors import ConfigError
 from da.evaluate import accuracy, predict
@@ -29,9 +30,6 @@ from da.selection import EarlyStopping, LabelFreeSelection
 from da.validators import ValidationData, score_all
 
 LR_SCHEDULES = ("dann", "cosine", "constant")
-#: Trainer keys that do not change what a run computes: left out of the config fingerprint, so a run folder
-#: can be resumed with another value (e.g. with the progress bar off).
-NOT_FINGERPRINTED = ("progress_bar", "resume", "tensorboard", "collapse_fraction")
 
 
 @dataclass
@@ -115,49 +113,6 @@ def select_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as err:
         raise ConfigError(f"invalid device {name!r}: use auto, cpu, cuda, cuda:N or mps") from err
-
-
-def fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
-    """The part of a resolved config that determines a run's numbers (a checkpoint resumes only under it)."""
-    out = {k: v for k, v in resolved.items() if k != "trainer"}
-    out["trainer"] = {k: v for k, v in resolved.get("trainer", {}).items() if k not in NOT_FINGERPRINTED}
-    return out
-
-
-def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested configs, e.g. ``["trainer.lr"]``."""
-    out = []
-    for key in sorted(set(a) | set(b), key=str):
-        va, vb, name = a.get(key), b.get(key), f"{prefix}{key}"
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_differences(va, vb, f"{name}.")
-        elif va != vb:
-            out.append(name)
-    return out
-
-
-def check_resumable(state: dict[str, Any], signature: dict[str, Any], path: str) -> None:
-    """Refuse a checkpoint written under another config, naming the keys that differ."""
-    differs = config_differences(state.get("signature", {}), signature)
-    if differs:
-        shown = ", ".join(differs[:5]) + (f" and {len(differs) - 5} more" if len(differs) > 5 else "")
-        hint = " (the LR schedule and the reported epoch depend on it)" if "trainer.epochs" in differs else ""
-        raise ConfigError(
-            f"{path} was written by a run with a different config: {shown}{hint}; "
-            "use another run folder, or trainer.resume=false to start this folder afresh"
-        )
-
-
-def read_resumable(run_dir: str, signature: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint in ``run_dir`` to resume from (None if there is none), refused if its config differs."""
-    path = os.path.join(run_dir, checkpoint.CHECKPOINT)
-    if not os.path.isfile(path):
-        return None
-    state = checkpoint.load(path, "resume", hint="; delete it, or run with trainer.resume=false to start afresh")
-    if not isinstance(state, dict) or "method" not in state:
-        raise ConfigError(f"resume: {path} is not a checkpoint of this package; delete it or use trainer.resume=false")
-    check_resumable(state, signature, path)
-    return state
 
 
 def _to(batch, device: torch.device):
