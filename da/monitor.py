@@ -39,7 +39,7 @@ def class_marginal(logits: torch.Tensor, num_classes: int | None = None) -> dict
 class CollapseMonitor:
     """Per-epoch class-marginal statistics and the first epoch whose entropy fell below ``fraction`` × reference."""
 
-    def __init__(self, fraction: float = 0.5) -> None:
+    def __init__(self, fraction: float = 0.85) -> None:
         self.fraction = fraction
         self.reference: float | None = None  # the highest marginal entropy seen (starting model included)
         self.collapse: dict[str, Any] | None = None

@@ -51,7 +51,7 @@ class TrainerConfig:
     resume: bool = True  # continue from checkpoint.pt when the run folder already holds one
     deterministic: bool = False  # torch.use_deterministic_algorithms + deterministic cuDNN (slower on GPU)
     tensorboard: bool = False  # also write per-step losses and per-epoch metrics to <run>/tensorboard
-    collapse_fraction: float = 0.5  # warn when the target's predicted-class entropy falls below this x its peak
+    collapse_fraction: float = 0.85  # warn when the target's predicted-class entropy falls below this x its peak
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size"):
