@@ -183,10 +183,11 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, device: torch.device, res
         "git_commit": git_commit(),
         "config": resolved,
     }
+    read = ("target_train", "target_test", "val") + (
+        ("source_train", "source_val", "source_test") if method.uses_source else ()
+    )
     results["splits"] = {  # sizes of every split the run read (source_val: the label-free validators' source split)
-        name: len(getattr(task, name))
-        for name in ("source_train", "source_val", "source_test", "target_train", "target_test", "val")
-        if getattr(task, name) is not None and (name != "source_train" or method.uses_source)
+        name: len(getattr(task, name)) for name in read if getattr(task, name) is not None
     }
     results["collapse"] = trainer.monitor.collapse  # label-free collapse warning (da/monitor.py), or None
     results["device"] = device.type
