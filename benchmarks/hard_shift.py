@@ -14,13 +14,15 @@ per variant the mean over seeds. Target accuracies are read for the table only; 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from benchmarks.suite import parse_options
+from da.runfolder import read_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEEDS = (0, 1, 2)
@@ -61,25 +63,17 @@ def sweep(out: str, extra: list[str]) -> int:
     return launched
 
 
-def _load(path: str) -> dict | None:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
 def runs(out: str) -> list[dict]:
     """One row per finished run: variant, seed, start (init model's target acc or None), end, flagged."""
     rows = []
     for variant, _ in VARIANTS:
         for seed in SEEDS:
-            r = _load(os.path.join(run_dir(out, variant, seed), "results.json"))
+            r = read_json(os.path.join(run_dir(out, variant, seed), "results.json"))
             if r is None:
                 continue
             start = None
             if r.get("init"):
-                init = _load(os.path.join(os.path.dirname(r["init"]), "results.json"))
+                init = read_json(os.path.join(os.path.dirname(r["init"]), "results.json"))
                 start = init["target_acc"] if init else None
             rows.append(
                 {
@@ -142,12 +136,7 @@ def report(out: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
-    opts = dict(a.split("=", 1) for a in argv if "=" in a)
+    opts, extra = parse_options(sys.argv[1:] if argv is None else argv, ("out", "stage"))
     out = opts.get("out") or os.path.join(HERE, "results", "hard_shift", "runs")
     if opts.get("stage", "all") in ("all", "sweep"):
         sweep(out, extra)

@@ -37,6 +37,8 @@ import numpy as np
 import yaml
 from scipy.stats import rankdata
 
+from benchmarks.suite import parse_options
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -239,15 +241,7 @@ def report(suite: SelectionSuite, out: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
-    opts = dict(a.split("=", 1) for a in argv if "=" in a)
-    bad = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in ("suite", "out", "stage")]
-    if bad:
-        raise SystemExit(f"error: unknown option {bad[0]!r}; valid: suite=, out=, stage=all|sweep|report")
+    opts, extra = parse_options(sys.argv[1:] if argv is None else argv, ("suite", "out", "stage"))
     suite = load(opts.get("suite", "digits_selection"))
     out = opts.get("out") or os.path.join(HERE, "results", suite.name)
     start = time.perf_counter()

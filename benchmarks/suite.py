@@ -55,3 +55,15 @@ def task_key(task: dict) -> str:
 
 def job_dir(out: str, task: dict, method: str, seed: int) -> str:
     return os.path.join(out, "runs", task_key(task), method, f"seed{seed}")
+
+
+def parse_options(argv: list[str], keys: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """``key=value`` options (only ``keys``) and, after ``--``, overrides passed to every job."""
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    bad = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in keys]
+    if bad:
+        raise SystemExit(f"error: unknown option {bad[0]!r}; valid: {', '.join(k + '=' for k in keys)}")
+    return dict(a.split("=", 1) for a in argv), extra
