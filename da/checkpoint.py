@@ -29,7 +29,7 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 #: Trainer keys that do not change what a run computes: left out of the config fingerprint, so a run folder
 #: can be resumed with another value (e.g. with the progress bar off).
-NOT_FINGERPRINTED = ("progress_bar", "resume", "tensorboard", "collapse_fraction")
+NOT_FINGERPRINTED = ("progress_bar", "resume", "tensorboard", "collapse_fraction", "data_on_device", "log_every")
 
 
 def save(obj: Any, path: str) -> None:

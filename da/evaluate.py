@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from da.data.batches import TensorSplit, resolve
 
 if TYPE_CHECKING:
     from da.methods.base import Method
@@ -20,21 +22,38 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(method: Method, dataset: Dataset, device: torch.device, batch_size: int = 256) -> Predictions:
-    """Logits and bottleneck features of ``method`` in eval mode over a whole split, in order."""
+def predict(method: Method, dataset: Dataset | TensorSplit, device: torch.device, batch_size: int = 256) -> Predictions:
+    """Logits and bottleneck features of ``method`` in eval mode over a whole split, in order (on the CPU).
+
+    A split of in-memory tensors (see :mod:`da.data.batches`) is read by slicing, a batch at a time; any other
+    ``Dataset`` through a ``DataLoader``.
+    """
+    if isinstance(dataset, ConcatDataset):  # e.g. an inductive task's test set: the parts one after another
+        parts = [predict(method, d, device, batch_size) for d in dataset.datasets]
+        labels = [p.labels for p in parts]
+        return Predictions(
+            torch.cat([p.logits for p in parts]),
+            torch.cat([p.features for p in parts]),
+            None if any(y is None for y in labels) else torch.cat(labels),  # type: ignore[arg-type]
+        )
     was_training = method.training
     method.eval()
+    split = resolve(dataset)
+    if split is not None:
+        batches = split.slices(batch_size, device)
+    else:
+        batches = DataLoader(dataset, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
     logits, feats, labels = [], [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        x = x.to(device)
-        logit, f = method.logits_and_features(x)
-        logits.append(logit.float().cpu())
-        feats.append(f.float().cpu())
+    for x, y in batches:
+        logit, f = method.logits_and_features(x.to(device))
+        logits.append(logit.float())
+        feats.append(f.float())
         if isinstance(y, torch.Tensor) and y.dtype == torch.long:
             labels.append(y)
     method.train(was_training)
-    has_labels = len(labels) == len(logits) and not getattr(dataset, "is_unlabelled", False)
-    return Predictions(torch.cat(logits), torch.cat(feats), torch.cat(labels) if has_labels else None)
+    unlabelled = getattr(dataset, "is_unlabelled", False) or (split is not None and split.labels is None)
+    has_labels = len(labels) == len(logits) and not unlabelled
+    return Predictions(torch.cat(logits).cpu(), torch.cat(feats).cpu(), torch.cat(labels).cpu() if has_labels else None)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

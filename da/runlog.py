@@ -90,9 +90,10 @@ class Progress:
         else:
             log.info(text)
 
-    def step(self, loss: float | None = None) -> None:
+    def step(self, n: int = 1, loss: float | None = None) -> None:
+        """``n`` more steps done; ``loss``: the last one's (the trainer reads losses every few steps)."""
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(n)
             if loss is not None:
                 self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 

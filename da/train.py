@@ -3,7 +3,13 @@
 - :mod:`da.checkpoint`: checkpoint.pt / model.pt I/O and the RNG states that make a resumed run exact;
 - :mod:`da.runlog`: log.csv, TensorBoard, the progress bar / per-epoch lines;
 - :mod:`da.selection`: which weights are reported (early stopping on an inductive task's validation split);
-- :mod:`da.validators`: the label-free scores logged for every epoch.
+- :mod:`da.validators`: the label-free scores logged for every epoch;
+- :mod:`da.data.batches`: the batched data path (batches drawn by index from in-memory tensors, transformed
+  as a batch, on the device when the data fit there).
+
+The loop does no idle work: the losses of each step stay on the device and are read every
+``trainer.log_every`` steps (one host sync), where the progress bar advances and non-finite losses are caught
+(before any checkpoint or result is written); a method reads no batch of a domain it does not use.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 from da import checkpoint
 from da.checkpoint import read_resumable
 from da.data.base import Task, forever, make_loader
+from da.data.batches import TensorSplit, batches, resolve
 from da.errors import ConfigError
 from da.evaluate import accuracy, predict
 from da.methods.base import EpochContext, Method
@@ -30,6 +37,9 @@ from da.selection import EarlyStopping, LabelFreeSelection
 from da.validators import ValidationData, score_all
 
 LR_SCHEDULES = ("dann", "cosine", "constant")
+DATA_ON_DEVICE = ("auto", "true", "false")
+DEVICE_MEMORY_FRACTION = 0.5  # data_on_device=auto: the data move to the accelerator if they take at most this
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for trainer.compile=true (tests use "aot_eager")
 
 
 @dataclass
@@ -45,7 +55,11 @@ class TrainerConfig:
     lr_gamma: float = 10.0
     lr_decay: float = 0.75
     amp: bool = True  # mixed precision, CUDA only
-    num_workers: int = 0
+    num_workers: int = 0  # > 0: per-sample DataLoader workers instead of the batched in-memory path
+    data_on_device: str = "auto"  # auto: images live on the accelerator when they fit; true; false (pinned host)
+    channels_last: bool = True  # NHWC memory format for convolutional backbones (faster on GPU and CPU)
+    compile: bool = False  # torch.compile the model (first steps slower while it compiles)
+    log_every: int = 25  # steps between host reads of the losses (progress bar, finiteness check, TensorBoard)
     eval_batch_size: int = 256
     progress_bar: bool = True  # a bar on a terminal, one line per epoch otherwise
     resume: bool = True  # continue from checkpoint.pt when the run folder already holds one
@@ -54,7 +68,10 @@ class TrainerConfig:
     collapse_fraction: float = 0.85  # warn when the target's predicted-class entropy falls below this x its peak
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "eval_batch_size"):
+        self.data_on_device = str(self.data_on_device).lower()
+        if self.data_on_device not in DATA_ON_DEVICE:
+            raise ConfigError(f"trainer.data_on_device must be auto, true or false, got {self.data_on_device!r}")
+        for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -96,7 +113,7 @@ def set_deterministic(on: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS for determinism
     torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.deterministic = on
-    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = not on  # autotuned convolutions when exact reruns are not asked for
 
 
 def select_device(name: str) -> torch.device:
@@ -117,6 +134,44 @@ def select_device(name: str) -> torch.device:
 
 def _to(batch, device: torch.device):
     return tuple(b.to(device, non_blocking=True) if isinstance(b, torch.Tensor) else b for b in batch)
+
+
+def _images_first(batch, channels_last: bool):
+    """A batch with its images in channels-last memory format when the model is (4-D images only)."""
+    x = batch[0]
+    if channels_last and x.dim() == 4:
+        return (x.contiguous(memory_format=torch.channels_last), *batch[1:])
+    return batch
+
+
+def has_conv(module: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+
+
+def place_splits(
+    splits: dict[str, TensorSplit | None], device: torch.device, mode: str
+) -> tuple[dict[str, TensorSplit | None], str]:
+    """The splits on ``device`` (``trainer.data_on_device``), and where their images live: on an accelerator
+    they move there when they fit (``auto``: at most half its free memory), else stay in pinned host memory and
+    are copied a batch at a time. Views sharing one image tensor (a folder's training and evaluation views)
+    share it on the device too."""
+    present = {k: v for k, v in splits.items() if v is not None}
+    if device.type == "cpu" or not present:
+        return splits, "host"
+    unique = {id(s.x): s.nbytes for s in present.values()}
+    total = sum(unique.values())
+    resident = mode == "true"
+    if mode == "auto":
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+        resident = device.type != "cuda" or total <= DEVICE_MEMORY_FRACTION * free
+    moved: dict[int, torch.Tensor] = {}
+    out: dict[str, TensorSplit | None] = dict(splits)
+    for key, split in present.items():
+        if id(split.x) not in moved:
+            moved[id(split.x)] = split.to(device, pin=not resident and device.type == "cuda").x
+        labels = split.labels.to(device) if resident and split.labels is not None else split.labels
+        out[key] = TensorSplit(moved[id(split.x)], labels, split.transform)
+    return out, ("device" if resident else "pinned host")
 
 
 def all_finite(module: torch.nn.Module) -> bool:
@@ -158,7 +213,25 @@ class Trainer:
         if cfg.amp and device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        used = ((task.source_train, method.uses_source), (task.target_train, method.uses_target))
+        if cfg.channels_last and has_conv(method):
+            self.method.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            self.method.model.compile(backend=COMPILE_BACKEND)  # in place: state_dict keys stay the same
+        self.splits, self.data_placement = place_splits(
+            {
+                "source_train": resolve(task.source_train),
+                "target_train": resolve(task.target_train),
+                "target_train_eval": resolve(task.target_train_eval),
+                "source_val": resolve(task.source_val) if method.uses_source else None,
+            },
+            device,
+            cfg.data_on_device,
+        )
+        self._target_train_pred: tuple[int, Any] | None = None  # (epoch, predictions) shared within an epoch
+        # One pass over the larger training domain; a transductive method that reads no target batch (source
+        # only) still counts the target, so every method of a task trains the same number of steps.
+        counts_target = method.uses_target or (method.kind == "transductive" and method.uses_source)
+        used = ((task.source_train, method.uses_source), (task.target_train, counts_target))
         longest = max([len(d) for d, on in used if on] or [cfg.batch_size])  # type: ignore[arg-type]
         self.steps_per_epoch = cfg.steps_per_epoch or max(1, longest // cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -260,17 +333,23 @@ class Trainer:
         random stream is left untouched (a DataLoader draws a seed from the global RNG)."""
         bs = self.cfg.eval_batch_size
         with torch.random.fork_rng(devices=[]):
-            tgt = predict(self.method, self.task.target_train_eval, self.device, bs)
-            src_val = self.task.source_val if self.method.uses_source else None
+            tgt = self.predict_target_train()
+            src_val = self.splits["source_val"] or (self.task.source_val if self.method.uses_source else None)
             src = predict(self.method, src_val, self.device, bs) if src_val is not None and len(src_val) else None
         if src is None:
             return ValidationData(tgt.logits, tgt.features)
         return ValidationData(tgt.logits, tgt.features, src.logits, src.features, src.labels)
 
-    def predict_target_train(self) -> torch.Tensor:
-        """Logits (N, K) on the unlabelled target training split, leaving training's random stream untouched."""
-        with torch.random.fork_rng(devices=[]):
-            return predict(self.method, self.task.target_train_eval, self.device, self.cfg.eval_batch_size).logits
+    def predict_target_train(self):
+        """Predictions on the unlabelled target training split (evaluation transform) of the current weights,
+        leaving training's random stream untouched. Computed once per set of weights: the end-of-epoch
+        validators and monitor, and the next epoch's pseudo-labelling (same weights), share one forward pass."""
+        if self._target_train_pred is None or self._target_train_pred[0] != self.step:
+            split = self.splits["target_train_eval"] or self.task.target_train_eval
+            with torch.random.fork_rng(devices=[]):
+                pred = predict(self.method, split, self.device, self.cfg.eval_batch_size)  # type: ignore[arg-type]
+            self._target_train_pred = (self.step, pred)
+        return self._target_train_pred[1]
 
     def pseudo_label_metrics(self) -> dict[str, float]:
         """Coverage of the method's pseudo-labels and (analysis only) their accuracy on the hidden labels."""
@@ -283,55 +362,84 @@ class Trainer:
             out["pl_acc"] = (pl[kept].cpu() == truth[kept.cpu()]).float().mean().item()
         return out
 
-    def _loaders(self, epoch: int):
-        """Loaders seeded by (seed, epoch), so a resumed run draws the same batches as an uninterrupted one."""
-        bs, workers = self.cfg.batch_size, self.cfg.num_workers
+    def _batches(self, epoch: int):
+        """Endless batch streams of the source and the target, seeded by (seed, epoch), so a resumed run draws
+        the same batches as an uninterrupted one; None for a domain the method does not read."""
         s = self.seed * 100_003 + epoch
-        task, method = self.task, self.method
-        src = forever(make_loader(task.source_train, bs, True, 2 * s, workers)) if method.uses_source else None
-        tgt = forever(make_loader(task.target_train, bs, True, 2 * s + 1, workers)) if method.uses_target else None
+        src = self._stream("source_train", 2 * s) if self.method.uses_source else None
+        tgt = self._stream("target_train", 2 * s + 1) if self.method.uses_target else None
         return src, tgt
+
+    def _stream(self, key: str, seed: int):
+        bs, workers, split = self.cfg.batch_size, self.cfg.num_workers, self.splits[key]
+        if split is not None and workers == 0:
+            return batches(split, bs, seed, self.device)
+        loader = make_loader(getattr(self.task, key), bs, True, seed, workers)
+        return (_to(b, self.device) for b in forever(loader))
 
     def train_epoch(self, progress: Progress) -> dict[str, float]:
         start = time.perf_counter()
         ctx = EpochContext(
             self.epoch, self.step / self.total_steps, self.device, self.task.target_train_eval, self.cfg.eval_batch_size
         )
+        ctx.cached = self.predict_target_train  # computed once per set of weights
         extra = self.method.on_epoch_start(ctx)
         extra.update(self.pseudo_label_metrics())
         self.method.train()
-        src_iter, tgt_iter = self._loaders(self.epoch)
+        src_iter, tgt_iter = self._batches(self.epoch)
         sums: dict[str, float] = {}
-        for _ in range(self.steps_per_epoch):
+        pending: list[torch.Tensor] = []  # per-step losses, still on the device
+        keys: list[str] = []
+        channels_last = self.cfg.channels_last and has_conv(self.method)
+        for i in range(self.steps_per_epoch):
             p = self.step / self.total_steps
             lr = lr_at(self.cfg, p)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_factor", 1.0)
-            batch_s = _to(next(src_iter), self.device) if src_iter is not None else None
-            batch_t = _to(next(tgt_iter), self.device) if tgt_iter is not None else None
+            batch_s = _images_first(next(src_iter), channels_last) if src_iter is not None else None
+            batch_t = _images_first(next(tgt_iter), channels_last) if tgt_iter is not None else None
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
             ):
                 out = self.method.training_step(batch_s, batch_t, p)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; {self._kept()}")
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(out["loss"]).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1
             self.images_seen += sum(len(b[0]) for b in (batch_s, batch_t) if b is not None)
-            values = {k: float(v.detach()) for k, v in out.items()}
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            self.log.step(self.step, values)
-            progress.step(values["loss"])
+            if list(out) != keys:
+                self._read_losses(pending, keys, sums, progress)
+                keys = list(out)
+            pending.append(torch.stack([out[k].detach().float() for k in keys]))  # (K,), no host sync
+            if len(pending) == self.cfg.log_every or i == self.steps_per_epoch - 1:
+                self._read_losses(pending, keys, sums, progress)
         self.train_seconds += time.perf_counter() - start
         row = {k: v / self.steps_per_epoch for k, v in sums.items()}
         row["lr"] = lr
         row.update(extra)
         return row
+
+    def _read_losses(
+        self, pending: list[torch.Tensor], keys: list[str], sums: dict[str, float], progress: Progress
+    ) -> None:
+        """Read the losses of the last steps from the device (one sync), stop on a non-finite loss, add them to
+        the epoch's sums, TensorBoard and the progress bar. Empties ``pending``."""
+        if not pending:
+            return
+        rows = torch.stack(pending).cpu().tolist()  # (n, K) floats
+        first = self.step - len(pending)  # steps completed before the first of them
+        loss_col = keys.index("loss")
+        for j, values in enumerate(rows):
+            if not math.isfinite(values[loss_col]):
+                raise FloatingPointError(f"loss became {values[loss_col]} at step {first + j}; {self._kept()}")
+        for j, values in enumerate(rows):
+            named = dict(zip(keys, values, strict=True))
+            for k, v in named.items():
+                sums[k] = sums.get(k, 0.0) + v
+            self.log.step(first + j + 1, named)
+        progress.step(len(rows), rows[-1][loss_col])
+        pending.clear()
 
     def _kept(self) -> str:
         """What survives a divergence: the last checkpoint, if one was written."""
@@ -350,7 +458,7 @@ class Trainer:
         if resumed:
             progress.message(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
         elif self.epoch == 0:
-            self.monitor.start(self.predict_target_train())  # the starting model's class marginal
+            self.monitor.start(self.predict_target_train().logits)  # the starting model's class marginal
         try:
             while self.epoch < self.cfg.epochs and not self.stopped:
                 row = self.train_epoch(progress)

@@ -89,6 +89,7 @@ class Augment:
         self, names: list[str], image_size: int, mean: Sequence[float], std: Sequence[float], glyphs: bool
     ) -> None:
         self.names = names
+        self._args = (names, image_size, tuple(mean), tuple(std), glyphs)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # (C, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)  # (C, 1, 1)
         self.ops: list[tuple[Callable[[torch.Tensor], torch.Tensor], bool]] = []  # (op, needs uint8)
@@ -117,6 +118,10 @@ class Augment:
             else:
                 u = op(u)
         return (u - self.mean) / self.std
+
+    def batched(self) -> BatchAugment:
+        """The same presets on whole batches (the trainer's batched data path, :mod:`da.data.batches`)."""
+        return BatchAugment(*self._args)
 
     def __repr__(self) -> str:
         return f"Augment({'+'.join(self.names) or 'none'})"

@@ -149,8 +149,9 @@ def decode_folder(files: dict[str, list[str]], class_names: list[str], size: int
 class TensorTransform:
     """uint8 (3, S, S) -> normalised float (3, C, C): random crop + horizontal flip when training, else centre crop.
 
-    The crop of the standard Office-31 protocol (resize 256, crop 224; arXiv 1409.7495, 1705.10667), as
-    torchvision ``transforms.v2`` ops on the decoded tensors.
+    The crop of the standard Office-31 protocol (resize 256, crop 224; arXiv 1409.7495, 1705.10667). The work is
+    done by its batched twin :class:`da.data.batches.CropFlipNormalize` (``batched()``), which the trainer
+    applies to whole batches; calling this object transforms one image (the ``DataLoader`` path).
     """
 
     def __init__(
@@ -161,18 +162,17 @@ class TensorTransform:
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
-        from torchvision.transforms import v2
-
         self.crop, self.train, self.flip = crop, train, flip
-        geometry = [v2.RandomCrop(crop)] if train else [v2.CenterCrop(crop)]
-        if train and flip:
-            geometry.append(v2.RandomHorizontalFlip())
-        self.transform = v2.Compose(
-            [*geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-        )
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._batched = self.batched()
+
+    def batched(self):
+        from da.data.batches import CropFlipNormalize
+
+        return CropFlipNormalize(self.crop, self.train, self.flip, self.mean, self.std)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.transform(x)
+        return self._batched(x.unsqueeze(0))[0]
 
 
 def train_and_eval(images: DecodedImages, crop: int, flip: bool = True) -> tuple[LabelledTensors, LabelledTensors]:

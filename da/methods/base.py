@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -148,9 +149,14 @@ class EpochContext:
     device: torch.device
     target_train: Unlabelled
     batch_size: int
+    #: The trainer's predictions of the current weights on ``target_train``, when it already computed them for
+    #: the last epoch's validators (the same weights): a call returning them, so no forward pass is repeated.
+    cached: Callable[[], Predictions] | None = None
 
     def predict_target(self, method: Method) -> Predictions:
         """Logits and features of ``method`` (eval mode) for every target training image, in index order."""
+        if self.cached is not None:
+            return self.cached()
         return predict(method, self.target_train, self.device, self.batch_size)
 
 

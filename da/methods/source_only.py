@@ -13,7 +13,11 @@ from da.methods.base import METHODS, Method, MethodConfig
 
 @METHODS.register("source_only")
 class SourceOnly(Method):
-    """Train on source labels alone; the target batch is not used (no BatchNorm adaptation either)."""
+    """Train on source labels alone; no target batch is read (no BatchNorm adaptation either). The trainer still
+    counts the target's size in the epoch length, so source only trains as many steps as the methods it is
+    compared with."""
+
+    uses_target = False
 
     @dataclass
     class Config(MethodConfig):

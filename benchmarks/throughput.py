@@ -1,0 +1,379 @@
+"""Training throughput: ``python -m benchmarks.throughput [baseline=<checkout>] [key=value ...]``.
+
+For each model and method it builds a run exactly as ``python -m da.run`` does, trains one warm-up epoch, then
+times one training epoch (images/s) and the end-of-epoch evaluation + validator pass (seconds, and as a
+fraction of the epoch's training time), and reports the process's peak memory (CPU RSS, or
+``torch.cuda.max_memory_allocated``) and the bytes of the image tensors. The yardstick is the same model
+trained by a plain PyTorch loop written below (in-memory tensors, a ``DataLoader``, SGD; the loop of PyTorch's
+tutorials). ``baseline=<path>`` measures a second checkout of ``da`` (e.g. an earlier commit, ``git worktree
+add /tmp/base <commit>``) in the same run, so speed-ups are ratios measured side by side.
+
+Images/s counts the images a step feeds the model: batch_size for a method that reads one domain
+(``source_only``), 2 x batch_size for the others (source + target). Every measurement runs in its own process.
+
+Options: ``models`` (comma list of lenet_digits, lenet_folder28, resnet18, resnet50; default lenet_digits,
+lenet_folder28 on CPU, all four on CUDA), ``methods`` (default source_only,dann,cdan,mcc,fixmatch), ``device``
+(auto), ``baseline``, ``steps`` (training steps per timed epoch for the ResNets; LeNet rows time a full
+epoch), ``out`` (default benchmarks/results/throughput), ``data`` (where the synthetic image folders are
+written; default ~/.cache/da-throughput).
+
+Models: ``lenet_digits`` is the embedded default task (``python -m da.run``); ``lenet_folder28`` a folder task
+of 10,000 source and 5,000 target 28x28 RGB PNG images (``dataset=folder dataset.resize=28 dataset.crop=28
+dataset.flip=false``), written once by this script (random images: only speed is measured); ``resnet18`` /
+``resnet50`` a folder task at the Office-31 protocol's sizes (resize 256, crop 224), 10 classes x 20 images
+per domain, random initialisation (no weight download).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+METHODS = ("source_only", "dann", "cdan", "mcc", "fixmatch")
+ONE_DOMAIN = ("source_only",)  # methods whose step reads the source alone
+KEYS = ("models", "methods", "device", "baseline", "steps", "out", "data")
+
+
+def model_spec(name: str, data: str, on_gpu: bool, steps: int) -> dict:
+    """The overrides of one model row and how long its timed epoch is."""
+    if name == "lenet_digits":
+        return {"overrides": ["backbone=lenet"], "steps": None, "batch_size": 64}
+    if name == "lenet_folder28":
+        root = folder_task(os.path.join(data, "folder28"), size=28, n_source=10_000, n_target=5_000)
+        ds = ["dataset=folder", f"dataset.root={root}", "dataset.source=source", "dataset.target=target"]
+        sizes = ["dataset.resize=28", "dataset.crop=28", "dataset.flip=false"]
+        return {"overrides": [*ds, *sizes, "backbone=lenet"], "steps": None, "batch_size": 64}
+    if name in ("resnet18", "resnet50"):
+        root = folder_task(os.path.join(data, "folder256"), size=256, n_source=200, n_target=200)
+        ds = ["dataset=folder", f"dataset.root={root}", "dataset.source=source", "dataset.target=target"]
+        bs = 32 if on_gpu else 8
+        return {
+            "overrides": [*ds, f"backbone={name}", "backbone.weights=null", f"trainer.eval_batch_size={2 * bs}"],
+            "steps": steps if not on_gpu else None,
+            "batch_size": bs,
+        }
+    raise SystemExit(f"error: unknown model {name!r}; valid: lenet_digits, lenet_folder28, resnet18, resnet50")
+
+
+def folder_task(root: str, size: int, n_source: int, n_target: int, classes: int = 10) -> str:
+    """Write ``<root>/{source,target}/<class>/<i>.png`` (random RGB images) once; returns ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    done = os.path.join(root, ".complete")
+    if os.path.exists(done):
+        return root
+    rng = np.random.default_rng(0)
+    for domain, n in (("source", n_source), ("target", n_target)):
+        for i in range(n):
+            folder = os.path.join(root, domain, f"c{i % classes}")
+            os.makedirs(folder, exist_ok=True)
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(os.path.join(folder, f"{i}.png"))
+    open(done, "w").close()
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+def worker(spec: dict) -> dict:
+    """One measurement in this process, with whichever ``da`` is first on the path (this checkout or the
+    baseline's)."""
+    import resource
+
+    import torch
+
+    from da.build import build_run
+    from da.config import compose
+    from da.runlog import Progress
+    from da.train import Trainer, select_device
+
+    torch.manual_seed(0)
+    device = select_device(spec["device"])
+    if spec["method"] == "plain":
+        return plain_loop(spec, device)
+    bs = spec["batch_size"]
+    overrides = [
+        f"method={spec['method']}",
+        f"device={spec['device']}",
+        "trainer.progress_bar=false",
+        f"trainer.batch_size={bs}",
+        *spec["overrides"],
+    ]
+    if spec["steps"]:
+        overrides.append(f"trainer.steps_per_epoch={spec['steps']}")
+    cfg = compose(overrides)
+    parts = build_run(cfg)
+    run_dir = tempfile.mkdtemp(prefix="da-throughput-")
+    trainer = Trainer(parts.configs.trainer, parts.method, parts.task, run_dir, device, int(cfg.seed))
+    progress = Progress(False, trainer.total_steps, 0, spec["method"], 2)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(2):  # a warm-up epoch, then the timed one
+        sync()
+        start = time.perf_counter()
+        trainer.train_epoch(progress)
+        sync()
+        train = time.perf_counter() - start
+        trainer.epoch += 1
+        start = time.perf_counter()
+        trainer.evaluate()
+        sync()
+        times.append((train, time.perf_counter() - start))
+    (train, evaluation) = times[-1]
+    domains = 1 if spec["method"] in ONE_DOMAIN else 2
+    images = trainer.steps_per_epoch * bs * domains
+    task = parts.task
+    tensors = {id(t): t for t in _tensors(task)}
+    return {
+        "images_per_s": images / train,
+        "step_ms": 1000 * train / trainer.steps_per_epoch,
+        "train_s": train,
+        "eval_s": evaluation,
+        "eval_fraction": evaluation / train,
+        "steps": trainer.steps_per_epoch,
+        "data_mb": sum(t.nelement() * t.element_size() for t in tensors.values()) / 2**20,
+        "peak_mb": _peak_mb(device, resource),
+    }
+
+
+def _tensors(task) -> list:
+    """The image tensors a task holds (shared views counted once by the caller)."""
+    out = []
+    for name in ("source_train", "source_test", "target_train", "target_test", "target_train_eval", "source_val"):
+        d = getattr(task, name, None)
+        while d is not None and not hasattr(d, "x"):
+            d = getattr(d, "base", None) or getattr(d, "dataset", None)
+        if d is not None:
+            out.append(d.x)
+    return out
+
+
+def _peak_mb(device, resource) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+
+
+def plain_loop(spec: dict, device) -> dict:
+    """The yardstick: the same model trained by the loop of PyTorch's tutorials on the task's source images,
+    held in memory as float tensors: ``DataLoader(TensorDataset, shuffle=True)``, cross-entropy, SGD with
+    momentum, ``loss.item()`` each step. Batches of 2 x batch_size (as many images as a two-domain step)."""
+    import resource
+
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from da.backbones import BackboneConfig, build_model
+    from da.build import typed_configs
+    from da.config import compose
+    from da.data import build_task
+
+    cfg = compose([f"device={spec['device']}", *spec["overrides"]])
+    configs = typed_configs(cfg)
+    task = build_task(configs.dataset, 0, os.path.expanduser(str(cfg.data_root)))
+    x, y = [], []
+    for i in range(len(task.source_train)):  # the training view, once: the loop then reads tensors
+        xi, yi = task.source_train[i]
+        x.append(xi)
+        y.append(int(yi))
+    data = TensorDataset(torch.stack(x), torch.tensor(y))
+    backbone = BackboneConfig(**{**vars(configs.backbone), "weights": None})
+    model = build_model(backbone, task.num_classes, task.in_channels, task.image_size).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    bs = 2 * spec["batch_size"]
+    loader = DataLoader(data, batch_size=bs, shuffle=True, drop_last=True)
+    steps = spec["steps"] or len(loader)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def epoch() -> float:
+        model.train()
+        done, running = 0, 0.0
+        sync()
+        start = time.perf_counter()
+        while done < steps:
+            for xb, yb in loader:
+                xb, yb = xb.to(device), yb.to(device)
+                logits, _ = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                running += loss.item()
+                done += 1
+                if done == steps:
+                    break
+        sync()
+        return time.perf_counter() - start
+
+    epoch()  # warm-up
+    train = epoch()
+    return {
+        "images_per_s": steps * bs / train,
+        "step_ms": 1000 * train / steps,
+        "train_s": train,
+        "eval_s": None,
+        "eval_fraction": None,
+        "steps": steps,
+        "data_mb": data.tensors[0].nelement() * data.tensors[0].element_size() / 2**20,
+        "peak_mb": _peak_mb(device, resource),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- driver side
+def measure(spec: dict, tree: str) -> dict | None:
+    """Run :func:`worker` in a fresh process with ``tree``'s ``da`` first on the path."""
+    env = {**os.environ, "PYTHONPATH": tree, "PYTHONHASHSEED": "0"}
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        print(f"  failed: {spec['model']} {spec['method']} ({tree}): {tail}", flush=True)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).replace(" ", "_")
+    return f"cpu{os.cpu_count()}"
+
+
+def git_commit(tree: str) -> str:
+    try:
+        out = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", tree, "status", "--porcelain", "--", "da"], capture_output=True, text=True)
+        return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    except OSError:
+        return "?"
+
+
+def _fmt(v, spec: str = ".0f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def table(rows: list[dict], baseline: bool) -> str:
+    head = ["model", "method", "images/s", "step ms", "eval + validators s", "eval / train"]
+    if baseline:
+        head += ["baseline images/s", "speed-up"]
+    head += ["vs plain loop", "data MiB", "peak MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], r["method"], _fmt(r["images_per_s"]), _fmt(r["step_ms"], ".1f")]
+        cells += [_fmt(r["eval_s"], ".2f"), _fmt(r["eval_fraction"] and 100 * r["eval_fraction"], ".0f") + "%"]
+        if baseline:
+            cells += [_fmt(r.get("base_images_per_s")), _fmt(r.get("speedup"), ".2f") + "x"]
+        cells += [_fmt(r.get("vs_plain"), ".2f") + "x", _fmt(r["data_mb"], ".0f"), _fmt(r["peak_mb"], ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines).replace("—%", "—").replace("—x", "—")
+
+
+def main(argv: list[str]) -> int:
+    from benchmarks.suite import parse_options
+
+    opts, _ = parse_options(argv, KEYS)
+    device = opts.get("device", "auto")
+    import torch
+
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    default_models = "lenet_digits,lenet_folder28" + (",resnet18,resnet50" if on_gpu else "")
+    models = opts.get("models", default_models).split(",")
+    methods = opts.get("methods", ",".join(METHODS)).split(",")
+    baseline = opts.get("baseline")
+    if baseline and not os.path.isdir(os.path.join(baseline, "da")):
+        raise SystemExit(f"error: baseline={baseline} is not a checkout of da (no da/ folder)")
+    data = os.path.expanduser(opts.get("data", "~/.cache/da-throughput"))
+    out = opts.get("out", os.path.join(HERE, "results", "throughput"))
+    steps = int(opts.get("steps", "3"))
+    name = device_name(device)
+    print(
+        f"throughput on {name}: {REPO} ({git_commit(REPO)})"
+        + (f" vs {baseline} ({git_commit(baseline)})" if baseline else "")
+    )
+    rows = []
+    for model in models:
+        spec = {"model": model, "device": device, **model_spec(model, data, on_gpu, steps)}
+        plain = measure({**spec, "method": "plain"}, REPO)
+        rows.append({"model": model, "method": "plain PyTorch loop", **(plain or _empty())})
+        print(f"  {model} plain loop: {_fmt(plain and plain['images_per_s'])} images/s", flush=True)
+        for method in methods:
+            ours = measure({**spec, "method": method}, REPO)
+            if ours is None:
+                continue
+            row = {"model": model, "method": method, **ours}
+            if plain:
+                row["vs_plain"] = ours["images_per_s"] / plain["images_per_s"]
+            if baseline:
+                base = measure({**spec, "method": method}, baseline)
+                if base:
+                    row["base_images_per_s"] = base["images_per_s"]
+                    row["speedup"] = ours["images_per_s"] / base["images_per_s"]
+                    row["base_eval_fraction"] = base["eval_fraction"]
+            rows.append(row)
+            print(
+                f"  {model} {method}: {ours['images_per_s']:.0f} images/s"
+                + (f" (baseline {row['base_images_per_s']:.0f}, {row['speedup']:.2f}x)" if "speedup" in row else "")
+                + f", eval {100 * ours['eval_fraction']:.0f}% of training",
+                flush=True,
+            )
+    text = table(rows, bool(baseline))
+    per_image = _per_image_ratios(rows)
+    header = [
+        f"# Training throughput on {name}",
+        "",
+        f"`python -m benchmarks.throughput {' '.join(argv)}`".replace(" `", "`"),
+        "",
+        f"da: {git_commit(REPO)}" + (f"; baseline: {baseline} at {git_commit(baseline)}" if baseline else ""),
+        f"; torch {torch.__version__}, {torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d')}.",
+        "",
+    ]
+    footer = ["", *per_image] if per_image else []
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{name}.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(header) + text + "\n" + "\n".join(footer) + "\n")
+    print(text)
+    print("\n".join(per_image))
+    print(f"written to {path}")
+    return 0
+
+
+def _empty() -> dict:
+    return dict.fromkeys(("images_per_s", "step_ms", "train_s", "eval_s", "eval_fraction", "data_mb", "peak_mb"))
+
+
+def _per_image_ratios(rows: list[dict]) -> list[str]:
+    """Cost per image of each method's step relative to source_only's, per model."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = {r["method"]: r for r in rows if r["model"] == model and r.get("images_per_s")}
+        if "source_only" not in mine:
+            continue
+        ref = mine["source_only"]["images_per_s"]
+        ratios = [
+            f"{m} {ref / r['images_per_s']:.2f}x"
+            for m, r in mine.items()
+            if m not in ("source_only", "plain PyTorch loop")
+        ]
+        if ratios:
+            out.append(f"- {model}: cost per image relative to source_only: {', '.join(ratios)}")
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        print(json.dumps(worker(json.loads(sys.argv[2]))))
+        sys.exit(0)
+    sys.exit(main(sys.argv[1:]))
