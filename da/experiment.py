@@ -7,6 +7,7 @@ and finally model.pt, results.json and skipped_files.txt, each written atomicall
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from da import checkpoint
+from da import checkpoint, distributed
 from da.build import build_run, typed_configs
 from da.checkpoint import fingerprint, read_resumable
 from da.errors import ConfigError
@@ -128,12 +129,18 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
     (naming the keys that differ) and the folder is left untouched.
     """
     configs = typed_configs(cfg)  # every section checked before the run folder is touched
-    device = select_device(str(cfg.device))
+    distributed.init_from_env(str(cfg.device))  # under torchrun: join the process group (da/distributed.py)
+    device = distributed.device_for_rank(select_device(str(cfg.device)))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     signature = fingerprint(resolved)
-    with locked_run_dir(run_dir or default_run_dir(cfg)) as run_dir, log_to_run_folder(run_dir):
+    main = distributed.is_main()  # rank 0 alone writes the run folder
+    run_dir = distributed.broadcast_object(run_dir or default_run_dir(cfg))
+    folder = locked_run_dir(run_dir) if main else contextlib.nullcontext(run_dir)
+    with folder as run_dir, log_to_run_folder(run_dir) if main else contextlib.nullcontext():
+        distributed.barrier()  # the folder exists, locked by rank 0
         resume_state = read_resumable(run_dir, signature) if configs.trainer.resume else None
-        write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        if main:
+            write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(OmegaConf.create(resolved)))
         set_deterministic(configs.trainer.deterministic)
         init_path = resolve_init(cfg, configs.method_cls, run_dir, quiet)  # init=source: <run>/source_stage first
         parts = build_run(cfg, init_path)
@@ -144,13 +151,16 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
         trainer = Trainer(configs.trainer, method, task, run_dir, device, cfg.seed, signature, resume_state, rule)
         del resume_state
         trainer.fit()
-        results = _results(cfg, parts, trainer, device, resolved)
+        results = _results(cfg, parts, trainer, device, resolved)  # every rank: validators gather predictions
         results["init"] = init_path
-        checkpoint.save(method.model.state_dict(), os.path.join(run_dir, checkpoint.MODEL))  # the reported weights
-        if task.skipped:  # every unreadable file, with its reason (results.json holds the count)
-            write_text(os.path.join(run_dir, "skipped_files.txt"), "\n".join(task.skipped) + "\n")
-        write_json(os.path.join(run_dir, "results.json"), results)
-        (log.debug if quiet else log.info)(summary(results, run_dir))
+        results["world_size"] = trainer.world
+        if main:
+            checkpoint.save(method.model.state_dict(), os.path.join(run_dir, checkpoint.MODEL))  # reported weights
+            if task.skipped:  # every unreadable file, with its reason (results.json holds the count)
+                write_text(os.path.join(run_dir, "skipped_files.txt"), "\n".join(task.skipped) + "\n")
+            write_json(os.path.join(run_dir, "results.json"), results)
+            (log.debug if quiet else log.info)(summary(results, run_dir))
+        distributed.barrier()  # the other ranks go on (e.g. from a source stage) once rank 0 has written
     return results
 
 

@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from da import distributed
+
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of (B, K) logits against (B,) labels, optionally label-smoothed."""
@@ -105,9 +107,13 @@ def entropy(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
 def entropy_weights(logits: torch.Tensor) -> torch.Tensor:
     """CDAN's entropy conditioning: w = 1 + exp(−H(p)), normalised to mean 1 over the batch (B,), detached.
 
-    Long et al., arXiv 1705.10667, Sec. 3.3 (normalisation as in TLlib's ``ConditionalDomainAdversarialLoss``).
+    Long et al., arXiv 1705.10667, Sec. 3.3 (normalisation as in TLlib's ``ConditionalDomainAdversarialLoss``;
+    under torchrun over the global batch, so N ranks compute what one process computes on their union).
     """
     w = 1.0 + torch.exp(-entropy(logits.detach().float(), reduction="none"))  # (B,)
+    if distributed.world_size() > 1:  # under DDP: mean 1 over the global batch (every rank's samples)
+        total = distributed.all_reduce_sum(torch.stack([w.sum(), torch.tensor(float(len(w)), device=w.device)]))
+        return w * total[1] / total[0]
     return w * len(w) / w.sum()
 
 

@@ -97,6 +97,30 @@ def optuna_args(args: list[str]) -> list[str]:
     return args if direction else [*args, "hydra.sweeper.direction=maximize"]
 
 
+def torchrun_args(args: list[str]) -> list[str]:
+    """Under ``torchrun`` every rank runs this CLI; ranks other than 0 write nothing to the run folder: their
+    Hydra folder (run.log) is a temporary one, removed at exit, and their console shows warnings and errors
+    only (:func:`da.experiment.fit` hands them rank 0's run folder). One run per torchrun: a sweep goes through
+    a Hydra launcher instead."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    from da.errors import ConfigError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:
+        return args
+    if any(a in ("-m", "--multirun") for a in args):
+        raise ConfigError("torchrun trains one run over several processes; sweep with -m without torchrun")
+    rank = int(os.environ["RANK"])
+    if rank == 0:
+        return args
+    folder = tempfile.mkdtemp(prefix=f"da-rank{rank}-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return [*args, f"hydra.run.dir={folder}", "hydra.output_subdir=null", "hydra.job_logging.root.level=WARNING"]
+
+
 def main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -107,7 +131,7 @@ def main() -> None:
 
     args = sys.argv[1:]
     try:
-        args = optuna_args(args)
+        args = torchrun_args(optuna_args(args))
     except ConfigError as err:
         fail(str(err))
     sys.argv[1:] = args

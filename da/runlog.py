@@ -29,8 +29,9 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
 class MetricLog:
     """Per-epoch rows for ``log.csv`` (+ TensorBoard scalars when ``tensorboard`` is on)."""
 
-    def __init__(self, run_dir: str, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: str, tensorboard: bool = False, write: bool = True) -> None:
         self.path = os.path.join(run_dir, "log.csv")
+        self.enabled = write  # False: rows are kept, nothing is written (a torchrun rank other than 0)
         self.rows: list[dict[str, float]] = []
         self.writer = None
         if tensorboard:
@@ -58,6 +59,8 @@ class MetricLog:
             self.writer.flush()
 
     def write(self) -> None:
+        if not self.enabled:
+            return
         keys: list[str] = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from da import checkpoint
+from da import checkpoint, distributed
 from da.checkpoint import read_resumable
 from da.data.base import Task, forever, make_loader
 from da.data.batches import TensorSplit, batches, resolve
@@ -60,6 +60,7 @@ class TrainerConfig:
     channels_last: bool = True  # NHWC memory format for convolutional backbones (faster on GPU and CPU)
     compile: bool = False  # torch.compile the model (first steps slower while it compiles)
     log_every: int = 25  # steps between host reads of the losses (progress bar, finiteness check, TensorBoard)
+    sync_bn: bool = False  # under torchrun: BatchNorm -> SyncBatchNorm (statistics over every rank's batch)
     eval_batch_size: int = 256
     progress_bar: bool = True  # a bar on a terminal, one line per epoch otherwise
     resume: bool = True  # continue from checkpoint.pt when the run folder already holds one
@@ -201,6 +202,12 @@ class Trainer:
         self.device, self.seed = device, seed
         self.signature = config_signature or {}
         self.resume_state = resume_state
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.main = self.rank == 0  # the process that writes the run folder
+        if self.world > 1 and cfg.sync_bn:
+            if device.type != "cuda":
+                raise ConfigError("trainer.sync_bn=true needs CUDA: torch's SyncBatchNorm does not run on the CPU")
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)  # replaces the BatchNorm layers in place
         self.method.to(device)
         self.optimizer = torch.optim.SGD(
             method.param_groups(cfg.lr),
@@ -217,6 +224,13 @@ class Trainer:
             self.method.to(memory_format=torch.channels_last)
         if cfg.compile:
             self.method.model.compile(backend=COMPILE_BACKEND)  # in place: state_dict keys stay the same
+        self.ddp = None  # under torchrun: the method wrapped in DistributedDataParallel (its forward is a step)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(method, device_ids=ids, output_device=ids[0] if ids else None)
+            torch.manual_seed(seed + 1_000_003 * self.rank)  # each rank its own dropout masks and augmentations
         self.splits, self.data_placement = place_splits(
             {
                 "source_train": resolve(task.source_train),
@@ -233,13 +247,13 @@ class Trainer:
         counts_target = method.uses_target or (method.kind == "transductive" and method.uses_source)
         used = ((task.source_train, method.uses_source), (task.target_train, counts_target))
         longest = max([len(d) for d, on in used if on] or [cfg.batch_size])  # type: ignore[arg-type]
-        self.steps_per_epoch = cfg.steps_per_epoch or max(1, longest // cfg.batch_size)
+        self.steps_per_epoch = cfg.steps_per_epoch or max(1, longest // (cfg.batch_size * self.world))
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps completed
         self.train_seconds = 0.0
         self.images_seen = 0
-        self.log = MetricLog(run_dir, cfg.tensorboard)
+        self.log = MetricLog(run_dir, cfg.tensorboard and self.main, write=self.main)
         self.early_stopping = EarlyStopping(method.patience) if task.val is not None else None
         self.label_free = LabelFreeSelection(selection)
         self.stopped = False  # early stopping ended the run before cfg.epochs
@@ -278,6 +292,8 @@ class Trainer:
             "monitor": self.monitor.state_dict(),
             "signature": self.signature,
             "rng": checkpoint.rng_state(),
+            "world_size": self.world,
+            "rng_per_rank": distributed.gather_objects(checkpoint.rng_state()) if self.world > 1 else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -292,10 +308,16 @@ class Trainer:
         self.stopped = state.get("stopped", False)
         self.label_free.best = state.get("selected")
         self.monitor.load_state_dict(state.get("monitor"))
-        checkpoint.set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        if self.world > 1 and per_rank and len(per_rank) == self.world:
+            checkpoint.set_rng_state(per_rank[self.rank])  # each rank continues its own random stream
+        else:
+            checkpoint.set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
-        checkpoint.save(self.state_dict(), self.checkpoint_path)
+        state = self.state_dict()  # on every rank: it gathers the ranks' random states
+        if self.main:
+            checkpoint.save(state, self.checkpoint_path)
 
     def try_resume(self) -> bool:
         """Continue from the checkpoint in the run folder (or the one handed in); refuse another config's."""
@@ -316,11 +338,10 @@ class Trainer:
         A source-free method is not evaluated on source images either. The validators and the monitor read the
         unlabelled target training split under the evaluation transform, in one forward pass.
         """
-        bs = self.cfg.eval_batch_size
-        tgt = predict(self.method, self.task.target_test, self.device, bs)
+        tgt = self.predict(self.task.target_test)
         out = {"target_acc": accuracy(tgt.logits, tgt.labels)}
         if self.method.uses_source:
-            src = predict(self.method, self.task.source_test, self.device, bs)
+            src = self.predict(self.task.source_test)
             out["source_acc"] = accuracy(src.logits, src.labels)
         data = self.validation_data()
         out.update({f"{k}_score": v for k, v in score_all(data).items()})
@@ -331,11 +352,10 @@ class Trainer:
         """Predictions the label-free validators read: the unlabelled target training split (evaluation
         transform) and, for a method that uses source data, the labelled source validation split. Training's
         random stream is left untouched (a DataLoader draws a seed from the global RNG)."""
-        bs = self.cfg.eval_batch_size
         with torch.random.fork_rng(devices=[]):
             tgt = self.predict_target_train()
             src_val = self.splits["source_val"] or (self.task.source_val if self.method.uses_source else None)
-            src = predict(self.method, src_val, self.device, bs) if src_val is not None and len(src_val) else None
+            src = self.predict(src_val) if src_val is not None and len(src_val) else None
         if src is None:
             return ValidationData(tgt.logits, tgt.features)
         return ValidationData(tgt.logits, tgt.features, src.logits, src.features, src.labels)
@@ -347,9 +367,16 @@ class Trainer:
         if self._target_train_pred is None or self._target_train_pred[0] != self.step:
             split = self.splits["target_train_eval"] or self.task.target_train_eval
             with torch.random.fork_rng(devices=[]):
-                pred = predict(self.method, split, self.device, self.cfg.eval_batch_size)  # type: ignore[arg-type]
+                pred = self.predict(split)
             self._target_train_pred = (self.step, pred)
         return self._target_train_pred[1]
+
+    def predict(self, dataset):
+        """Predictions over a whole split; under torchrun each rank predicts a contiguous shard and every rank
+        receives all of them, in order (each image predicted once)."""
+        if self.world == 1:
+            return predict(self.method, dataset, self.device, self.cfg.eval_batch_size)
+        return distributed.predict_sharded(self.method, dataset, self.device, self.cfg.eval_batch_size)
 
     def pseudo_label_metrics(self) -> dict[str, float]:
         """Coverage of the method's pseudo-labels and (analysis only) their accuracy on the hidden labels."""
@@ -372,8 +399,8 @@ class Trainer:
 
     def _stream(self, key: str, seed: int):
         bs, workers, split = self.cfg.batch_size, self.cfg.num_workers, self.splits[key]
-        if split is not None and workers == 0:
-            return batches(split, bs, seed, self.device)
+        if split is not None and (workers == 0 or self.world > 1):
+            return batches(split, bs, seed, self.device, self.rank, self.world)
         loader = make_loader(getattr(self.task, key), bs, True, seed, workers)
         return (_to(b, self.device) for b in forever(loader))
 
@@ -401,13 +428,16 @@ class Trainer:
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
             ):
-                out = self.method.training_step(batch_s, batch_t, p)
+                if self.ddp is not None:
+                    out = self.ddp(batch_s, batch_t, p)  # DistributedDataParallel: gradients averaged over ranks
+                else:
+                    out = self.method.training_step(batch_s, batch_t, p)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out["loss"]).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1
-            self.images_seen += sum(len(b[0]) for b in (batch_s, batch_t) if b is not None)
+            self.images_seen += self.world * sum(len(b[0]) for b in (batch_s, batch_t) if b is not None)
             if list(out) != keys:
                 self._read_losses(pending, keys, sums, progress)
                 keys = list(out)
@@ -427,7 +457,10 @@ class Trainer:
         the epoch's sums, TensorBoard and the progress bar. Empties ``pending``."""
         if not pending:
             return
-        rows = torch.stack(pending).cpu().tolist()  # (n, K) floats
+        stacked = torch.stack(pending)  # (n, K)
+        if self.world > 1:  # the mean over the ranks: every rank logs and stops alike
+            stacked = distributed.all_reduce_sum(stacked) / self.world
+        rows = stacked.cpu().tolist()  # (n, K) floats
         first = self.step - len(pending)  # steps completed before the first of them
         loss_col = keys.index("loss")
         for j, values in enumerate(rows):
@@ -454,7 +487,8 @@ class Trainer:
     def fit(self) -> list[dict[str, float]]:
         """Train the remaining epochs; evaluate, log and checkpoint after each one."""
         resumed = self.try_resume()
-        progress = Progress(self.cfg.progress_bar, self.total_steps, self.step, self.method.cfg.name, self.cfg.epochs)
+        show = self.cfg.progress_bar and self.main
+        progress = Progress(show, self.total_steps, self.step, self.method.cfg.name, self.cfg.epochs)
         if resumed:
             progress.message(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
         elif self.epoch == 0:
@@ -467,7 +501,7 @@ class Trainer:
                 self.epoch += 1
                 metrics = self.evaluate()
                 if self.early_stopping is not None:
-                    val = predict(self.method, self.task.val, self.device, self.cfg.eval_batch_size)
+                    val = self.predict(self.task.val)
                     metrics.update(self.early_stopping.update(self.epoch, val.logits, val.labels, self.method))
                     self.stopped = self.early_stopping.should_stop(self.epoch)
                 self.label_free.update(self.epoch, metrics, self.method)

@@ -180,8 +180,14 @@ def index_stream(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
 
 
 def batches(
-    split: TensorSplit, batch_size: int, seed: int, device: torch.device
+    split: TensorSplit, batch_size: int, seed: int, device: torch.device, rank: int = 0, world: int = 1
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Training batches of ``split`` on ``device``, endlessly (see :func:`index_stream`)."""
-    for index in index_stream(len(split), batch_size, seed):
+    """Training batches of ``split`` on ``device``, endlessly (see :func:`index_stream`).
+
+    Under DDP (``world`` > 1) each step draws one global batch of ``world x batch_size`` indices and this
+    rank reads the ``rank``-th contiguous slice of it: disjoint shards that together are one process's batch.
+    """
+    for index in index_stream(len(split), batch_size * world, seed):
+        if world > 1:
+            index = index[len(index) * rank // world : len(index) * (rank + 1) // world]
         yield split.batch(index, device)

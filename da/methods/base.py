@@ -86,6 +86,10 @@ class Method(nn.Module):
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def forward(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
+        """One training step: what ``DistributedDataParallel`` calls when the trainer runs under torchrun."""
+        return self.training_step(batch_s, batch_t, progress)
+
     def on_epoch_start(self, ctx: EpochContext) -> dict[str, float]:
         """Called before each training epoch (e.g. to re-label the target); returns extra metrics for log.csv."""
         return {}
