@@ -29,7 +29,7 @@ from da.checkpoint import read_resumable
 from da.data.base import Task, forever, make_loader
 from da.data.batches import TensorSplit, batches, resolve
 from da.errors import ConfigError
-from da.evaluate import accuracy, predict
+from da.evaluate import Predictions, accuracy, predict
 from da.methods.base import EpochContext, Method
 from da.monitor import CollapseMonitor
 from da.runlog import MetricLog, Progress
@@ -145,6 +145,11 @@ def _images_first(batch, channels_last: bool):
     return batch
 
 
+def same_images(a: TensorSplit, b: TensorSplit) -> bool:
+    """Whether two splits hold the same images under the same transform (their predictions are equal)."""
+    return a.x is b.x and a.transform is b.transform and len(a) == len(b)
+
+
 def has_conv(module: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
 
@@ -236,6 +241,7 @@ class Trainer:
                 "source_train": resolve(task.source_train),
                 "target_train": resolve(task.target_train),
                 "target_train_eval": resolve(task.target_train_eval),
+                "target_test": resolve(task.target_test),
                 "source_val": resolve(task.source_val) if method.uses_source else None,
             },
             device,
@@ -333,20 +339,36 @@ class Trainer:
     # ------------------------------------------------------------------ one epoch
     def evaluate(self) -> dict[str, float]:
         """Test accuracies (curves only: they choose nothing), the label-free scores of this epoch's model and
-        the collapse monitor's statistics.
+        the collapse monitor's statistics, with one forward pass over each split.
 
-        A source-free method is not evaluated on source images either. The validators and the monitor read the
-        unlabelled target training split under the evaluation transform, in one forward pass.
+        The validators and the monitor read the unlabelled target training split under the evaluation
+        transform; when the target test split is the same images (a folder task's transductive protocol), its
+        accuracy comes from that same forward pass. The source accuracy curve is measured on the held-out
+        source validation split the validators read when the run has one (``source_val`` > 0), else on the
+        source test split; results.json's ``source_acc`` is always the source test split's. A source-free
+        method is not evaluated on source images.
         """
-        tgt = self.predict(self.task.target_test)
+        data = self.validation_data()
+        tgt = self.target_test_predictions()
         out = {"target_acc": accuracy(tgt.logits, tgt.labels)}
         if self.method.uses_source:
-            src = self.predict(self.task.source_test)
-            out["source_acc"] = accuracy(src.logits, src.labels)
-        data = self.validation_data()
+            if data.has_source:
+                out["source_acc"] = accuracy(data.logits_s, data.labels_s)
+            else:
+                src = self.predict(self.task.source_test)
+                out["source_acc"] = accuracy(src.logits, src.labels)
         out.update({f"{k}_score": v for k, v in score_all(data).items()})
         out.update(self.monitor.update(self.epoch, data.logits_t))
         return out
+
+    def target_test_predictions(self):
+        """Predictions on the target test split: those of the target training split when both are the same
+        images under the same transform, else a forward pass of their own."""
+        test, train = self.splits["target_test"], self.splits["target_train_eval"]
+        if test is not None and train is not None and test.labels is not None and same_images(test, train):
+            pred = self.predict_target_train()
+            return Predictions(pred.logits, pred.features, test.labels.cpu())
+        return self.predict(self.task.target_test)
 
     def validation_data(self) -> ValidationData:
         """Predictions the label-free validators read: the unlabelled target training split (evaluation

@@ -147,9 +147,10 @@ def dev_risk(weights: np.ndarray, errors: np.ndarray, normalization: str | None 
     return float(weighted.mean() + eta * w.mean() - eta)
 
 
-def dev_score(data: ValidationData, normalization: str | None = None) -> float:
-    """−DEV risk of the source-validation cross-entropy (higher = better)."""
-    weights = domain_weights(data.features_s, data.features_t)
+def dev_score(data: ValidationData, normalization: str | None = None, weights: np.ndarray | None = None) -> float:
+    """−DEV risk of the source-validation cross-entropy (higher = better); ``weights``: the domain weights
+    when already computed (dev and devn share them)."""
+    weights = domain_weights(data.features_s, data.features_t) if weights is None else weights
     errors = F.cross_entropy(data.logits_s.float(), data.labels_s, reduction="none").numpy()
     return -dev_risk(weights, errors, normalization)
 
@@ -168,6 +169,7 @@ def score_all(data: ValidationData, names: tuple[str, ...] = VALIDATORS) -> dict
         raise ConfigError(f"unknown validator {unknown[0]!r}; valid: {', '.join(VALIDATORS)}")
     logits_t = data.logits_t.float().cpu()
     out = {}
+    weights = None  # dev and devn: one domain classifier
     for name in names:
         if name in SCORERS:
             out[name] = SCORERS[name](logits_t)
@@ -177,7 +179,9 @@ def score_all(data: ValidationData, names: tuple[str, ...] = VALIDATORS) -> dict
             if name == "source_val":
                 out[name] = source_val_score(data)
             else:
-                out[name] = dev_score(data, "max" if name == "devn" else None)
+                if weights is None:
+                    weights = domain_weights(data.features_s, data.features_t)
+                out[name] = dev_score(data, "max" if name == "devn" else None, weights)
     return out
 
 

@@ -164,12 +164,13 @@ class TensorTransform:
     ) -> None:
         self.crop, self.train, self.flip = crop, train, flip
         self.mean, self.std = tuple(mean), tuple(std)
-        self._batched = self.batched()
-
-    def batched(self):
         from da.data.batches import CropFlipNormalize
 
-        return CropFlipNormalize(self.crop, self.train, self.flip, self.mean, self.std)
+        self._batched = CropFlipNormalize(self.crop, self.train, self.flip, self.mean, self.std)
+
+    def batched(self):
+        """The batched twin (one object per transform: splits sharing this transform share it too)."""
+        return self._batched
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._batched(x.unsqueeze(0))[0]
