@@ -55,9 +55,13 @@ class TensorSplit:
     def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images, labels)`` or ``(images, index)`` of the samples ``index`` (B,), transformed, on ``device``."""
         index = index.to(self.x.device)
-        x = self.x.index_select(0, index)
+        if self.x.device != device and self.x.is_pinned():  # gather into pinned memory: an asynchronous copy
+            x = torch.empty((len(index), *self.x.shape[1:]), dtype=self.x.dtype, pin_memory=True)
+            torch.index_select(self.x, 0, index, out=x)
+        else:
+            x = self.x.index_select(0, index)
         if x.device != device:
-            x = x.to(device, non_blocking=x.is_pinned())  # host -> accelerator (pinned: asynchronous)
+            x = x.to(device, non_blocking=x.is_pinned())  # host -> accelerator
         if self.transform is not None:
             x = self.transform(x)
         second = index if self.labels is None else self.labels.index_select(0, index.to(self.labels.device))
