@@ -538,4 +538,5 @@ class Trainer:
         best = self.early_stopping.best if self.early_stopping is not None else self.label_free.best
         if best is not None:  # report the chosen epoch's weights, not the last
             self.method.load_state_dict(best["method"])
+            self._target_train_pred = None  # predictions of other weights
         return self.history

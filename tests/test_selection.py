@@ -29,6 +29,7 @@ def test_selection_reports_the_validator_chosen_epoch(tmp_path):
     best = max(rows, key=lambda r: (r["snd_score"], r["epoch"]))
     assert result["selection"] == {"rule": "snd", "epoch": int(best["epoch"]), "score": best["snd_score"]}
     assert result["target_acc"] == pytest.approx(best["target_acc"], abs=1e-7)  # that epoch's weights are reported
+    assert result["validators"]["snd"] == pytest.approx(best["snd_score"], abs=1e-6)  # scored on those weights too
     for name in ("im", "snd", "entropy"):
         pick = max(rows, key=lambda r, n=name: (r[f"{n}_score"], r["epoch"]))
         assert result["selected"][name]["epoch"] == int(pick["epoch"])
