@@ -174,7 +174,10 @@ def place_splits(
     out: dict[str, TensorSplit | None] = dict(splits)
     for key, split in present.items():
         if id(split.x) not in moved:
-            moved[id(split.x)] = split.to(device, pin=not resident and device.type == "cuda").x
+            if resident:
+                moved[id(split.x)] = split.to(device).x
+            else:  # host memory (pinned for CUDA's asynchronous copies); batches are copied as they are drawn
+                moved[id(split.x)] = split.to(device, pin=True).x if device.type == "cuda" else split.x
         labels = split.labels.to(device) if resident and split.labels is not None else split.labels
         out[key] = TensorSplit(moved[id(split.x)], labels, split.transform)
     return out, ("device" if resident else "pinned host")
