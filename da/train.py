@@ -180,7 +180,7 @@ def place_splits(
                 moved[id(split.x)] = split.to(device, pin=True).x if device.type == "cuda" else split.x
         labels = split.labels.to(device) if resident and split.labels is not None else split.labels
         out[key] = TensorSplit(moved[id(split.x)], labels, split.transform)
-    return out, ("device" if resident else "pinned host")
+    return out, ("device" if resident else "pinned host" if device.type == "cuda" else "host")
 
 
 def all_finite(module: torch.nn.Module) -> bool:

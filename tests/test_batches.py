@@ -167,3 +167,12 @@ def test_bad_data_on_device_value_is_one_config_error(tmp_path):
 def test_tensor_split_bytes():
     split = TensorSplit(torch.zeros(4, 3, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
     assert split.nbytes == 48 + 32
+
+
+@pytest.mark.parametrize(("mode", "where"), [("true", "meta"), ("auto", "meta"), ("false", "cpu")])
+def test_placement_moves_shared_images_once(mode, where):
+    x = torch.zeros(6, 1, 4, 4, dtype=torch.uint8)
+    train, view = TensorSplit(x, torch.arange(6)), TensorSplit(x, None)  # two views of one tensor
+    placed, placement = da.train.place_splits({"a": train, "b": view, "c": None}, torch.device("meta"), mode)
+    assert placed["a"].x.device.type == where and placed["a"].x is placed["b"].x and placed["c"] is None
+    assert placement == ("device" if where == "meta" else "host")
