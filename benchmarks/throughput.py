@@ -335,8 +335,10 @@ def main(argv: list[str]) -> int:
         "",
         f"`python -m benchmarks.throughput {' '.join(argv)}`".replace(" `", "`"),
         "",
-        f"da: {git_commit(REPO)}" + (f"; baseline: {baseline} at {git_commit(baseline)}" if baseline else ""),
-        f"; torch {torch.__version__}, {torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d')}.",
+        f"da: {git_commit(REPO)}"
+        + (f"; baseline: {baseline} at {git_commit(baseline)}" if baseline else "")
+        + f"; torch {torch.__version__}, {torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d')}.",
+        "",
         "",
     ]
     footer = ["", *per_image] if per_image else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -176,3 +177,18 @@ def test_placement_moves_shared_images_once(mode, where):
     placed, placement = da.train.place_splits({"a": train, "b": view, "c": None}, torch.device("meta"), mode)
     assert placed["a"].x.device.type == where and placed["a"].x is placed["b"].x and placed["c"] is None
     assert placement == ("device" if where == "meta" else "host")
+
+
+def test_throughput_table_and_per_image_ratios(tmp_path):
+    from benchmarks import throughput
+
+    root = throughput.folder_task(str(tmp_path / "f"), size=8, n_source=4, n_target=2, classes=2)
+    assert sorted(os.listdir(os.path.join(root, "source"))) == ["c0", "c1"]
+    row = dict(eval_s=0.1, eval_fraction=0.1, data_mb=1.0, peak_mb=2.0, step_ms=1.0)
+    rows = [
+        {"model": "m", "method": "source_only", "images_per_s": 1000.0, **row},
+        {"model": "m", "method": "dann", "images_per_s": 800.0, "speedup": 2.0, "vs_plain": 1.3, **row},
+    ]
+    text = throughput.table(rows, baseline=True)
+    assert "| m | dann | 800 |" in text and "2.00x" in text and "1.30x" in text
+    assert throughput._per_image_ratios(rows) == ["- m: cost per image relative to source_only: dann 1.25x"]
