@@ -99,7 +99,6 @@ def classami_score(features: torch.Tensor, logits: torch.Tensor, seed: int = 0) 
     """AMI between predicted labels and k-means clusters of the L2-normalised features (N, D). arXiv 2208.07360."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_mutual_info_score
-    from threadpoolctl import threadpool_limits
 
     labels = logits.argmax(1).numpy()
     feats = F.normalize(features.float(), dim=1).numpy().astype(np.float64)
@@ -110,8 +109,7 @@ def classami_score(features: torch.Tensor, logits: torch.Tensor, seed: int = 0) 
     for c in range(k):  # the predicted classes' centres; an empty class keeps a zero centre (as abas/pytorch-adapt)
         if (labels == c).any():
             centroids[c] = feats[labels == c].mean(0)
-    with threadpool_limits(1):  # as in domain_weights: threads beside torch's only slow these small fits down
-        clusters = KMeans(n_clusters=k, init=centroids, n_init=1, random_state=seed).fit(feats).labels_
+    clusters = KMeans(n_clusters=k, init=centroids, n_init=1, random_state=seed).fit(feats).labels_
     return float(adjusted_mutual_info_score(labels, clusters))
 
 
