@@ -84,9 +84,10 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def shard_range(n: int) -> tuple[int, int]:
-    """This rank's contiguous share [start, stop) of ``n`` items (sizes differ by at most one)."""
-    w, r = world_size(), rank()
+def shard_range(n: int, r: int | None = None) -> tuple[int, int]:
+    """Rank ``r``'s (this rank's by default) contiguous share [start, stop) of ``n`` items (sizes differ by at
+    most one)."""
+    w, r = world_size(), rank() if r is None else r
     return n * r // w, n * (r + 1) // w
 
 
@@ -95,12 +96,12 @@ def gather_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     w = world_size()
     if w == 1:
         return t
-    rows = max(n * (r + 1) // w - n * r // w for r in range(w))
-    padded = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    sizes = [stop - start for start, stop in (shard_range(n, r) for r in range(w))]
+    padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
     padded[: len(t)] = t
     parts = [torch.empty_like(padded) for _ in range(w)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[: n * (r + 1) // w - n * r // w] for r, p in enumerate(parts)])
+    return torch.cat([p[:size] for p, size in zip(parts, sizes, strict=True)])
 
 
 def gather_objects(obj) -> list:
@@ -128,9 +129,7 @@ def predict_sharded(method, dataset, device: torch.device, batch_size: int):
     else:
         shard = Subset(dataset, range(start, stop))
     mine = predict(method, shard, device, batch_size)
-    has_labels = mine.labels is not None and not getattr(dataset, "is_unlabelled", False)
-    if split is not None and split.labels is None:
-        has_labels = False
+    has_labels = mine.labels is not None and not getattr(dataset, "is_unlabelled", False)  # a Subset hides it
 
     def gather(t: torch.Tensor) -> torch.Tensor:
         return gather_rows(t.to(device), n).cpu()

@@ -276,13 +276,12 @@ def torchrun_args(args: list[str]) -> list[str]:
     only (:func:`da.experiment.fit` hands them rank 0's run folder). One run per torchrun: a sweep goes through
     a Hydra launcher instead."""
     import atexit
-    import os
-    import shutil
     import tempfile
 
+    from da.distributed import launched_by_torchrun
     from da.errors import ConfigError
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:
+    if not launched_by_torchrun():
         return args
     if any(a in ("-m", "--multirun") for a in args):
         raise ConfigError("torchrun trains one run over several processes; sweep with -m without torchrun")

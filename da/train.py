@@ -228,7 +228,8 @@ class Trainer:
         if cfg.amp and device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        if cfg.channels_last and has_conv(method):
+        self.channels_last = cfg.channels_last and has_conv(method)  # the model's and the batches' format
+        if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
         if cfg.compile:
             self.method.model.compile(backend=COMPILE_BACKEND)  # in place: state_dict keys stay the same
@@ -250,7 +251,7 @@ class Trainer:
             device,
             cfg.data_on_device,
         )
-        self._target_train_pred: tuple[int, Any] | None = None  # (epoch, predictions) shared within an epoch
+        self._target_train_pred: tuple[int, Any] | None = None  # (step, predictions): one forward per set of weights
         # One pass over the larger training domain; a transductive method that reads no target batch (source
         # only) still counts the target, so every method of a task trains the same number of steps.
         counts_target = method.uses_target or (method.kind == "transductive" and method.uses_source)
@@ -442,14 +443,13 @@ class Trainer:
         sums: dict[str, float] = {}
         pending: list[torch.Tensor] = []  # per-step losses, still on the device
         keys: list[str] = []
-        channels_last = self.cfg.channels_last and has_conv(self.method)
         for i in range(self.steps_per_epoch):
             p = self.step / self.total_steps
             lr = lr_at(self.cfg, p)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_factor", 1.0)
-            batch_s = _images_first(next(src_iter), channels_last) if src_iter is not None else None
-            batch_t = _images_first(next(tgt_iter), channels_last) if tgt_iter is not None else None
+            batch_s = _images_first(next(src_iter), self.channels_last) if src_iter is not None else None
+            batch_t = _images_first(next(tgt_iter), self.channels_last) if tgt_iter is not None else None
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
             ):

@@ -58,6 +58,7 @@ from da.errors import ConfigError
 PRESETS = ("none", "flip", "crop", "color", "randaugment")
 GLYPH_DATASETS = ("digits", "mnist", "usps", "mnist_usps", "svhn", "svhn_mnist")
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+FLIP_ON_GLYPHS = "augment=flip mirrors glyphs into other symbols; use crop, color or randaugment"
 DATASET_NORM = {"digits": ((0.5,), (0.5,)), "mnist_usps": ((0.5,), (0.5,))}
 
 
@@ -96,7 +97,7 @@ class Augment:
         for name in names:
             if name == "flip":
                 if glyphs:
-                    raise ConfigError("augment=flip mirrors glyphs into other symbols; use crop, color or randaugment")
+                    raise ConfigError(FLIP_ON_GLYPHS)
                 self.ops.append((T.RandomHorizontalFlip(), False))
             elif name == "crop":
                 if glyphs:
@@ -184,7 +185,7 @@ class BatchAugment:
         self, names: list[str], image_size: int, mean: Sequence[float], std: Sequence[float], glyphs: bool
     ) -> None:
         if "flip" in names and glyphs:
-            raise ConfigError("augment=flip mirrors glyphs into other symbols; use crop, color or randaugment")
+            raise ConfigError(FLIP_ON_GLYPHS)
         self.names = names
         self.image_size = image_size
         self.glyphs = glyphs
@@ -221,11 +222,8 @@ def build_batch_augment(
     augment: str | Sequence[str] | None, dataset: str, image_size: int, notes: dict | None = None
 ) -> BatchAugment | None:
     """The batched augmentation for ``dataset``'s images, or None for ``none``."""
-    names = preset_names(augment)
-    if not names:
-        return None
-    mean, std = normalisation(dataset, notes)
-    return BatchAugment(names, image_size, mean, std, glyphs=dataset in GLYPH_DATASETS)
+    per_sample = build_augment(augment, dataset, image_size, notes)
+    return None if per_sample is None else per_sample.batched()
 
 
 def _uniform(b: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:

@@ -153,8 +153,8 @@ class EpochContext:
     device: torch.device
     target_train: Unlabelled
     batch_size: int
-    #: The trainer's predictions of the current weights on ``target_train``, when it already computed them for
-    #: the last epoch's validators (the same weights): a call returning them, so no forward pass is repeated.
+    #: A call returning the trainer's predictions of the current weights on ``target_train``, computed once per
+    #: set of weights (the last epoch's validators already read them), so no forward pass is repeated.
     cached: Callable[[], Predictions] | None = None
 
     def predict_target(self, method: Method) -> Predictions:
