@@ -1,12 +1,12 @@
 """Training throughput: ``python -m benchmarks.throughput [baseline=<checkout>] [key=value ...]``.
 
 For each model and method it builds a run exactly as ``python -m da.run`` does, trains one warm-up epoch, then
-times one training epoch (images/s) and the end-of-epoch evaluation + validator pass (seconds, and as a
-fraction of the epoch's training time), and reports the process's peak memory (CPU RSS, or
-``torch.cuda.max_memory_allocated``) and the bytes of the image tensors. The yardstick is the same model
-trained by a plain PyTorch loop written below (in-memory tensors, a ``DataLoader``, SGD; the loop of PyTorch's
-tutorials). ``baseline=<path>`` measures a second checkout of ``da`` (e.g. an earlier commit, ``git worktree
-add /tmp/base <commit>``) in the same run, so speed-ups are ratios measured side by side.
+times ``repeats`` training epochs (images/s) and their end-of-epoch evaluation + validator passes (seconds, and
+as a fraction of the epoch's training time; medians over the timed epochs), and reports the process's peak
+memory (CPU RSS, or ``torch.cuda.max_memory_allocated``) and the bytes of the image tensors. The yardstick is
+the same model trained by a plain PyTorch loop written below (in-memory tensors, a ``DataLoader``, SGD; the
+loop of PyTorch's tutorials). ``baseline=<path>`` measures a second checkout of ``da`` (e.g. an earlier
+commit, ``git worktree add /tmp/base <commit>``) in the same run, so speed-ups are ratios measured side by side.
 
 Images/s counts the images a step feeds the model: batch_size for a method that reads one domain
 (``source_only``), 2 x batch_size for the others (source + target). Every measurement runs in its own process.
@@ -14,8 +14,10 @@ Images/s counts the images a step feeds the model: batch_size for a method that 
 Options: ``models`` (comma list of lenet_digits, lenet_folder28, resnet18, resnet50; default lenet_digits,
 lenet_folder28 on CPU, all four on CUDA), ``methods`` (default source_only,dann,cdan,mcc,fixmatch), ``device``
 (auto), ``baseline``, ``steps`` (training steps per timed epoch for the ResNets; LeNet rows time a full
-epoch), ``out`` (default benchmarks/results/throughput), ``data`` (where the synthetic image folders are
-written; default ~/.cache/da-throughput).
+epoch), ``repeats`` (timed epochs after the warm-up one; the median is reported; default 3), ``fp32`` (methods
+also measured with ``trainer.amp=false`` where the default runs under autocast; default source_only,dann),
+``out`` (default benchmarks/results/throughput), ``data`` (where the synthetic image folders are written;
+default ~/.cache/da-throughput).
 
 Models: ``lenet_digits`` is the embedded default task (``python -m da.run``); ``lenet_folder28`` a folder task
 of 10,000 source and 5,000 target 28x28 RGB PNG images (``dataset=folder dataset.resize=28 dataset.crop=28
@@ -37,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 METHODS = ("source_only", "dann", "cdan", "mcc", "fixmatch")
 ONE_DOMAIN = ("source_only",)  # methods whose step reads the source alone
-KEYS = ("models", "methods", "device", "baseline", "steps", "out", "data")
+KEYS = ("models", "methods", "device", "baseline", "steps", "repeats", "fp32", "out", "data")
 
 
 def model_spec(name: str, data: str, on_gpu: bool, steps: int) -> dict:
@@ -116,7 +118,7 @@ def worker(spec: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for _ in range(2):  # a warm-up epoch, then the timed one
+    for _ in range(1 + spec.get("repeats", 3)):  # a warm-up epoch, then the timed ones
         sync()
         start = time.perf_counter()
         trainer.train_epoch(progress)
@@ -127,7 +129,8 @@ def worker(spec: dict) -> dict:
         trainer.evaluate()
         sync()
         times.append((train, time.perf_counter() - start))
-    (train, evaluation) = times[-1]
+    train = _median([t for t, _ in times[1:]])
+    evaluation = _median([e for _, e in times[1:]])
     domains = 1 if spec["method"] in ONE_DOMAIN else 2
     images = trainer.steps_per_epoch * bs * domains
     task = parts.task
@@ -139,9 +142,18 @@ def worker(spec: dict) -> dict:
         "eval_s": evaluation,
         "eval_fraction": evaluation / train,
         "steps": trainer.steps_per_epoch,
+        "precision": str(getattr(trainer, "amp_dtype", None) or torch.float32).removeprefix("torch."),
         "data_mb": sum(t.nelement() * t.element_size() for t in tensors.values()) / 2**20,
         "peak_mb": _peak_mb(device, resource),
     }
+
+
+def _median(values: list[float]) -> float:
+    """The median of the timed epochs: one epoch slowed by another process on a shared machine moves it less
+    than a mean, and it reports no luckier epoch than the typical one (as a minimum would)."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _tensors(task) -> list:
@@ -217,7 +229,7 @@ def plain_loop(spec: dict, device) -> dict:
         return time.perf_counter() - start
 
     epoch()  # warm-up
-    train = epoch()
+    train = _median([epoch() for _ in range(spec.get("repeats", 3))])
     return {
         "images_per_s": steps * bs / train,
         "step_ms": 1000 * train / steps,
@@ -225,6 +237,7 @@ def plain_loop(spec: dict, device) -> dict:
         "eval_s": None,
         "eval_fraction": None,
         "steps": steps,
+        "precision": "float32",
         "data_mb": data.tensors[0].nelement() * data.tensors[0].element_size() / 2**20,
         "peak_mb": _peak_mb(device, resource),
     }
@@ -265,13 +278,13 @@ def _fmt(v, spec: str = ".0f") -> str:
 
 
 def table(rows: list[dict], baseline: bool) -> str:
-    head = ["model", "method", "images/s", "step ms", "eval + validators s", "eval / train"]
+    head = ["model", "method", "precision", "images/s", "step ms", "eval + validators s", "eval / train"]
     if baseline:
         head += ["baseline images/s", "speed-up"]
     head += ["vs plain loop", "data MiB", "peak MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], r["method"], _fmt(r["images_per_s"]), _fmt(r["step_ms"], ".1f")]
+        cells = [r["model"], r["method"], r.get("precision") or "—", _fmt(r["images_per_s"]), _fmt(r["step_ms"], ".1f")]
         cells += [_fmt(r["eval_s"], ".2f"), _fmt(r["eval_fraction"] and 100 * r["eval_fraction"], ".0f") + "%"]
         if baseline:
             cells += [_fmt(r.get("base_images_per_s")), _fmt(r.get("speedup"), ".2f") + "x"]
@@ -297,6 +310,8 @@ def main(argv: list[str]) -> int:
     data = os.path.expanduser(opts.get("data", "~/.cache/da-throughput"))
     out = opts.get("out", os.path.join(HERE, "results", "throughput"))
     steps = int(opts.get("steps", "3"))
+    repeats = int(opts.get("repeats", "3"))
+    fp32 = [m for m in opts.get("fp32", "source_only,dann").split(",") if m]
     name = device_name(device)
     print(
         f"throughput on {name}: {REPO} ({git_commit(REPO)})"
@@ -304,7 +319,7 @@ def main(argv: list[str]) -> int:
     )
     rows = []
     for model in models:
-        spec = {"model": model, "device": device, **model_spec(model, data, on_gpu, steps)}
+        spec = {"model": model, "device": device, "repeats": repeats, **model_spec(model, data, on_gpu, steps)}
         plain = measure({**spec, "method": "plain"}, REPO)
         rows.append({"model": model, "method": "plain PyTorch loop", **(plain or _empty())})
         print(f"  {model} plain loop: {_fmt(plain and plain['images_per_s'])} images/s", flush=True)
@@ -312,22 +327,26 @@ def main(argv: list[str]) -> int:
             ours = measure({**spec, "method": method}, REPO)
             if ours is None:
                 continue
-            row = {"model": model, "method": method, **ours}
-            if plain:
-                row["vs_plain"] = ours["images_per_s"] / plain["images_per_s"]
-            if baseline:
-                base = measure({**spec, "method": method}, baseline)
+            base = measure({**spec, "method": method}, baseline) if baseline else None
+            variants = [(method, ours)]
+            if method in fp32 and ours["precision"] != "float32":  # the same step without mixed precision
+                full = measure({**spec, "method": method, "overrides": [*spec["overrides"], "trainer.amp=false"]}, REPO)
+                if full is not None:
+                    variants.append((f"{method} (trainer.amp=false)", full))
+            for label, mine in variants:
+                row = {"model": model, "method": label, **mine}
+                if plain:
+                    row["vs_plain"] = mine["images_per_s"] / plain["images_per_s"]
                 if base:
                     row["base_images_per_s"] = base["images_per_s"]
-                    row["speedup"] = ours["images_per_s"] / base["images_per_s"]
-                    row["base_eval_fraction"] = base["eval_fraction"]
-            rows.append(row)
-            print(
-                f"  {model} {method}: {ours['images_per_s']:.0f} images/s"
-                + (f" (baseline {row['base_images_per_s']:.0f}, {row['speedup']:.2f}x)" if "speedup" in row else "")
-                + f", eval {100 * ours['eval_fraction']:.0f}% of training",
-                flush=True,
-            )
+                    row["speedup"] = mine["images_per_s"] / base["images_per_s"]
+                rows.append(row)
+                print(
+                    f"  {model} {label}: {mine['images_per_s']:.0f} images/s ({mine['precision']})"
+                    + (f", baseline {base['images_per_s']:.0f} ({row['speedup']:.2f}x)" if base else "")
+                    + f", eval {100 * mine['eval_fraction']:.0f}% of training",
+                    flush=True,
+                )
     text = table(rows, bool(baseline))
     per_image = _per_image_ratios(rows)
     header = [
@@ -357,18 +376,17 @@ def _empty() -> dict:
 
 
 def _per_image_ratios(rows: list[dict]) -> list[str]:
-    """Cost per image of each method's step relative to source_only's, per model."""
+    """Cost per image of each method's step relative to source_only's at the same settings, per model."""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = {r["method"]: r for r in rows if r["model"] == model and r.get("images_per_s")}
-        if "source_only" not in mine:
-            continue
-        ref = mine["source_only"]["images_per_s"]
-        ratios = [
-            f"{m} {ref / r['images_per_s']:.2f}x"
-            for m, r in mine.items()
-            if m not in ("source_only", "plain PyTorch loop")
-        ]
+        ratios = []
+        for label, r in mine.items():
+            method, _, variant = label.partition(" ")  # e.g. "dann (trainer.amp=false)"
+            ref = mine.get(f"source_only {variant}".strip())
+            if method in ("source_only", "plain") or ref is None:
+                continue
+            ratios.append(f"{label} {ref['images_per_s'] / r['images_per_s']:.2f}x")
         if ratios:
             out.append(f"- {model}: cost per image relative to source_only: {', '.join(ratios)}")
     return out

@@ -219,6 +219,11 @@ class ImageClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.bottleneck(self.backbone(x))  # (B, D)
+        if torch.is_autocast_enabled(x.device.type):
+            # Under mixed precision the head alone runs in float32: bfloat16 logits (8 significant bits) would
+            # round close classes to ties in argmax, softmax thresholds and entropies. It costs D x K MACs.
+            with torch.autocast(x.device.type, enabled=False):
+                return self.head(f.float()), f  # (B, K) float32, (B, D) in the autocast dtype
         return self.head(f), f  # (B, K), (B, D)
 
 

@@ -113,7 +113,7 @@ def gather_objects(obj) -> list:
     return out
 
 
-def predict_sharded(method, dataset, device: torch.device, batch_size: int):
+def predict_sharded(method, dataset, device: torch.device, batch_size: int, amp_dtype: torch.dtype | None = None):
     """:func:`da.evaluate.predict` over a whole split, each rank predicting its :func:`shard_range`."""
     from torch.utils.data import Subset
 
@@ -128,7 +128,7 @@ def predict_sharded(method, dataset, device: torch.device, batch_size: int):
         shard = TensorSplit(split.x[start:stop], labels, split.transform)
     else:
         shard = Subset(dataset, range(start, stop))
-    mine = predict(method, shard, device, batch_size)
+    mine = predict(method, shard, device, batch_size, amp_dtype)
     has_labels = mine.labels is not None and not getattr(dataset, "is_unlabelled", False)  # a Subset hides it
 
     def gather(t: torch.Tensor) -> torch.Tensor:

@@ -22,14 +22,21 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(method: Method, dataset: Dataset | TensorSplit, device: torch.device, batch_size: int = 256) -> Predictions:
-    """Logits and bottleneck features of ``method`` in eval mode over a whole split, in order (on the CPU).
+def predict(
+    method: Method,
+    dataset: Dataset | TensorSplit,
+    device: torch.device,
+    batch_size: int = 256,
+    amp_dtype: torch.dtype | None = None,
+) -> Predictions:
+    """Logits and bottleneck features of ``method`` in eval mode over a whole split, in order (on the CPU), as
+    float32; ``amp_dtype``: the forward under autocast (the trainer's mixed precision).
 
     A split of in-memory tensors (see :mod:`da.data.batches`) is read by slicing, a batch at a time; any other
     ``Dataset`` through a ``DataLoader``.
     """
     if isinstance(dataset, ConcatDataset):  # e.g. an inductive task's test set: the parts one after another
-        parts = [predict(method, d, device, batch_size) for d in dataset.datasets]
+        parts = [predict(method, d, device, batch_size, amp_dtype) for d in dataset.datasets]
         labels = [p.labels for p in parts]
         return Predictions(
             torch.cat([p.logits for p in parts]),
@@ -44,8 +51,10 @@ def predict(method: Method, dataset: Dataset | TensorSplit, device: torch.device
     else:
         batches = DataLoader(dataset, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
     logits, feats, labels = [], [], []
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     for x, y in batches:
-        logit, f = method.logits_and_features(x.to(device))
+        with autocast:
+            logit, f = method.logits_and_features(x.to(device))
         logits.append(logit.float())
         feats.append(f.float())
         if isinstance(y, torch.Tensor) and y.dtype == torch.long:

@@ -24,7 +24,7 @@ from da import checkpoint, distributed
 from da.build import build_run, typed_configs
 from da.checkpoint import fingerprint, read_resumable
 from da.errors import ConfigError
-from da.evaluate import accuracy, per_class_accuracy, predict
+from da.evaluate import accuracy, per_class_accuracy
 from da.runfolder import locked_run_dir, read_json, write_json, write_text
 from da.runlog import log_to_run_folder
 from da.selection import oracle, selected_epochs
@@ -165,9 +165,9 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
 
 
 def _results(cfg: DictConfig, parts, trainer: Trainer, device: torch.device, resolved: dict) -> dict[str, Any]:
-    method, task, bs = parts.method, parts.task, trainer.cfg.eval_batch_size
-    tgt = predict(method, task.target_test, device, bs)
-    src = predict(method, task.source_test, device, bs) if method.uses_source else None
+    method, task = parts.method, parts.task
+    tgt = trainer.predict(task.target_test)  # under the training's precision, as the per-epoch curves
+    src = trainer.predict(task.source_test) if method.uses_source else None
     results: dict[str, Any] = {
         "method": parts.configs.method.name,
         "dataset": task.name,
@@ -182,6 +182,7 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, device: torch.device, res
         "steps": trainer.step,
         "train_seconds": round(trainer.train_seconds, 3),
         "images_per_second": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
+        "precision": str(trainer.amp_dtype or torch.float32).removeprefix("torch."),  # trainer.amp's autocast dtype
         "selection": trainer.selection,
         # label-free scores of the reported weights (da/validators.py): unlabelled target, labelled source_val
         "validators": score_all(trainer.validation_data()),

@@ -131,9 +131,9 @@ def test_pseudo_labelling_reuses_the_validators_forward_pass(tmp_path, monkeypat
     sizes = []
     real = da.train.predict
 
-    def counting(method, dataset, device, batch_size=256):
+    def counting(method, dataset, device, batch_size=256, amp_dtype=None):
         sizes.append(len(dataset))
-        return real(method, dataset, device, batch_size)
+        return real(method, dataset, device, batch_size, amp_dtype)
 
     monkeypatch.setattr(da.train, "predict", counting)
     monkeypatch.setattr(da.methods.base, "predict", counting)
@@ -186,9 +186,14 @@ def test_throughput_table_and_per_image_ratios(tmp_path):
     assert sorted(os.listdir(os.path.join(root, "source"))) == ["c0", "c1"]
     row = dict(eval_s=0.1, eval_fraction=0.1, data_mb=1.0, peak_mb=2.0, step_ms=1.0)
     rows = [
-        {"model": "m", "method": "source_only", "images_per_s": 1000.0, **row},
+        {"model": "m", "method": "source_only", "images_per_s": 1000.0, "precision": "bfloat16", **row},
         {"model": "m", "method": "dann", "images_per_s": 800.0, "speedup": 2.0, "vs_plain": 1.3, **row},
+        {"model": "m", "method": "source_only (trainer.amp=false)", "images_per_s": 600.0, **row},
+        {"model": "m", "method": "dann (trainer.amp=false)", "images_per_s": 400.0, **row},
     ]
     text = throughput.table(rows, baseline=True)
-    assert "| m | dann | 800 |" in text and "2.00x" in text and "1.30x" in text
-    assert throughput._per_image_ratios(rows) == ["- m: cost per image relative to source_only: dann 1.25x"]
+    assert "| m | source_only | bfloat16 | 1000 |" in text and "2.00x" in text and "1.30x" in text
+    assert throughput._per_image_ratios(rows) == [
+        "- m: cost per image relative to source_only: dann 1.25x, dann (trainer.amp=false) 1.50x"
+    ]
+    assert throughput._median([3.0, 1.0, 2.0]) == 2.0 and throughput._median([4.0, 1.0, 2.0, 3.0]) == 2.5

@@ -31,7 +31,7 @@ def _step_gradients(method_name: str, rank: int, world: int, run_dir: str) -> di
     from da.data.batches import resolve
     from da.train import Trainer
 
-    cfg = tiny_cfg(f"method={method_name}", "backbone.bottleneck_dropout=0")
+    cfg = tiny_cfg(f"method={method_name}", "backbone.bottleneck_dropout=0", "trainer.amp=false")  # float32 sums
     parts = build_run(cfg)
     for module in parts.method.modules():
         if isinstance(module, torch.nn.modules.dropout._DropoutNd):
