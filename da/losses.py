@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from da import distributed
+
+
+def float32(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Run ``loss`` in float32 even under autocast (``trainer.amp``): the batch statistics it computes
+    (covariances, kernel means, class-confusion products) would go through bfloat16 matrix products, whose 8
+    significant bits blur a difference of covariances. Tensor arguments are cast up; outside autocast nothing
+    changes. These losses cost little beside the network."""
+
+    @functools.wraps(loss)
+    def wrapped(*args, **kwargs):
+        args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        if not torch.is_autocast_enabled(device):
+            return loss(*args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return loss(*args, **kwargs)
+
+    return wrapped
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -60,6 +80,7 @@ def _covariance(f: torch.Tensor) -> torch.Tensor:
     return centred.T @ centred / max(f.shape[0] - 1, 1)
 
 
+@float32
 def coral(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     """Deep CORAL: ‖C_s − C_t‖²_F / (4 d²) between feature covariances. Sun & Saenko, arXiv 1607.01719."""
     d = f_s.shape[1]
@@ -67,6 +88,7 @@ def coral(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     return (diff * diff).sum() / (4 * d * d)
 
 
+@float32
 def mk_mmd(
     f_s: torch.Tensor,
     f_t: torch.Tensor,
@@ -127,6 +149,7 @@ def randomized_multilinear_map(f: torch.Tensor, g: torch.Tensor, r_f: torch.Tens
     return (f @ r_f) * (g @ r_g) / math.sqrt(r_f.shape[1])  # (B, d)
 
 
+@float32
 def mcc(logits_t: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
     """Minimum Class Confusion: entropy-weighted class confusion off the diagonal. Jin et al., arXiv 1912.03699.
 
@@ -145,6 +168,7 @@ def mcc(logits_t: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
     return (conf.sum() - conf.trace()) / k
 
 
+@float32
 def bnm(logits_t: torch.Tensor) -> torch.Tensor:
     """Batch Nuclear-norm Maximization: −‖softmax(z)‖_* / B. Cui et al., arXiv 2003.12237, Eq. 9."""
     p = F.softmax(logits_t.float(), dim=1)  # (B, K)

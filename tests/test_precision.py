@@ -62,3 +62,28 @@ def test_a_bf16_run_on_the_cpu_trains_evaluates_and_says_so(tmp_path, monkeypatc
     assert 0 <= results["target_acc"] <= 1
     fp32 = fit(tiny_cfg("trainer.amp=false", "trainer.epochs=1"), run_dir=str(tmp_path / "fp32"), quiet=True)
     assert fp32["precision"] == "float32"
+
+
+def test_statistic_losses_run_in_float32_under_autocast():
+    from da import losses
+
+    torch.manual_seed(0)
+    f_s, f_t = torch.randn(32, 64).bfloat16(), (1.2 * torch.randn(32, 64)).bfloat16()
+    z = torch.randn(32, 10)
+    exact = {
+        "coral": losses.coral(f_s.float(), f_t.float()),
+        "mk_mmd": losses.mk_mmd(f_s.float(), f_t.float()),
+        "mcc": losses.mcc(z),
+        "bnm": losses.bnm(z),
+    }
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = {
+            "coral": losses.coral(f_s, f_t),
+            "mk_mmd": losses.mk_mmd(f_s, f_t),
+            "mcc": losses.mcc(z),
+            "bnm": losses.bnm(z),
+        }
+        plain_product = (z.T @ z).dtype  # what a matrix product inside the loss would otherwise be
+    assert plain_product == torch.bfloat16
+    for name, value in under.items():
+        assert value.dtype == torch.float32 and torch.equal(value, exact[name]), name
