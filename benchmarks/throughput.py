@@ -2,8 +2,9 @@
 
 For each model and method it builds a run exactly as ``python -m da.run`` does, trains one warm-up epoch, then
 times ``repeats`` training epochs (images/s) and their end-of-epoch evaluation + validator passes (seconds, and
-as a fraction of the epoch's training time; medians over the timed epochs), and reports the process's peak
-memory (CPU RSS, or ``torch.cuda.max_memory_allocated``) and the bytes of the image tensors. The yardstick is
+as a fraction of the epoch's training time, and split into its forward passes and its validators; medians
+over the timed epochs), and reports the process's peak memory (CPU RSS, or ``torch.cuda.max_memory_allocated``)
+and the bytes of the image tensors. The yardstick is
 the same model trained by a plain PyTorch loop written below (in-memory tensors, a ``DataLoader``, SGD; the
 loop of PyTorch's tutorials). ``baseline=<path>`` measures a second checkout of ``da`` (e.g. an earlier
 commit, ``git worktree add /tmp/base <commit>``) in the same run, so speed-ups are ratios measured side by side.
@@ -128,9 +129,8 @@ def worker(spec: dict) -> dict:
         start = time.perf_counter()
         trainer.evaluate()
         sync()
-        times.append((train, time.perf_counter() - start))
-    train = _median([t for t, _ in times[1:]])
-    evaluation = _median([e for _, e in times[1:]])
+        times.append((train, time.perf_counter() - start, *_evaluation_parts(trainer, sync)))
+    train, evaluation, forwards, validators = (_median(list(c)) for c in list(zip(*times[1:]))[:4])
     domains = 1 if spec["method"] in ONE_DOMAIN else 2
     images = trainer.steps_per_epoch * bs * domains
     task = parts.task
@@ -141,6 +141,8 @@ def worker(spec: dict) -> dict:
         "train_s": train,
         "eval_s": evaluation,
         "eval_fraction": evaluation / train,
+        "forwards_s": forwards,
+        "validators_s": validators,
         "steps": trainer.steps_per_epoch,
         "precision": str(getattr(trainer, "amp_dtype", None) or torch.float32).removeprefix("torch."),
         "data_mb": sum(t.nelement() * t.element_size() for t in tensors.values()) / 2**20,
@@ -148,10 +150,31 @@ def worker(spec: dict) -> dict:
     }
 
 
-def _median(values: list[float]) -> float:
+def _evaluation_parts(trainer, sync) -> tuple[float | None, float | None]:
+    """The evaluation pass again, in its two parts: the forward passes over the splits it reads, and the
+    label-free validators on their predictions (seconds); None for a checkout without these parts."""
+    try:
+        from da.validators import score_all
+
+        trainer._target_train_pred = None  # predict afresh
+        start = time.perf_counter()
+        data = trainer.validation_data()
+        trainer.target_test_predictions()
+        sync()
+        forwards = time.perf_counter() - start
+        start = time.perf_counter()
+        score_all(data)
+        return forwards, time.perf_counter() - start
+    except (AttributeError, ImportError, TypeError):
+        return None, None
+
+
+def _median(values: list[float | None]) -> float | None:
     """The median of the timed epochs: one epoch slowed by another process on a shared machine moves it less
     than a mean, and it reports no luckier epoch than the typical one (as a minimum would)."""
-    ordered = sorted(values)
+    if any(v is None for v in values):
+        return None
+    ordered = sorted(values)  # type: ignore[type-var]
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
@@ -279,6 +302,7 @@ def _fmt(v, spec: str = ".0f") -> str:
 
 def table(rows: list[dict], baseline: bool) -> str:
     head = ["model", "method", "precision", "images/s", "step ms", "eval + validators s", "eval / train"]
+    head += ["forwards / validators / train"]
     if baseline:
         head += ["baseline images/s", "speed-up"]
     head += ["vs plain loop", "data MiB", "peak MiB"]
@@ -286,6 +310,12 @@ def table(rows: list[dict], baseline: bool) -> str:
     for r in rows:
         cells = [r["model"], r["method"], r.get("precision") or "—", _fmt(r["images_per_s"]), _fmt(r["step_ms"], ".1f")]
         cells += [_fmt(r["eval_s"], ".2f"), _fmt(r["eval_fraction"] and 100 * r["eval_fraction"], ".0f") + "%"]
+        parts = [r.get("forwards_s"), r.get("validators_s")]
+        cells.append(
+            " / ".join(f"{100 * v / r['train_s']:.0f}%" for v in parts)
+            if None not in parts and r.get("train_s")
+            else "—"
+        )
         if baseline:
             cells += [_fmt(r.get("base_images_per_s")), _fmt(r.get("speedup"), ".2f") + "x"]
         cells += [_fmt(r.get("vs_plain"), ".2f") + "x", _fmt(r["data_mb"], ".0f"), _fmt(r["peak_mb"], ".0f")]
@@ -372,7 +402,8 @@ def main(argv: list[str]) -> int:
 
 
 def _empty() -> dict:
-    return dict.fromkeys(("images_per_s", "step_ms", "train_s", "eval_s", "eval_fraction", "data_mb", "peak_mb"))
+    keys = ("images_per_s", "step_ms", "train_s", "eval_s", "eval_fraction", "forwards_s", "validators_s")
+    return dict.fromkeys((*keys, "data_mb", "peak_mb"))
 
 
 def _per_image_ratios(rows: list[dict]) -> list[str]:

@@ -185,14 +185,16 @@ def test_throughput_table_and_per_image_ratios(tmp_path):
     root = throughput.folder_task(str(tmp_path / "f"), size=8, n_source=4, n_target=2, classes=2)
     assert sorted(os.listdir(os.path.join(root, "source"))) == ["c0", "c1"]
     row = dict(eval_s=0.1, eval_fraction=0.1, data_mb=1.0, peak_mb=2.0, step_ms=1.0)
+    parts = dict(train_s=2.0, forwards_s=0.3, validators_s=0.1)
     rows = [
-        {"model": "m", "method": "source_only", "images_per_s": 1000.0, "precision": "bfloat16", **row},
+        {"model": "m", "method": "source_only", "images_per_s": 1000.0, "precision": "bfloat16", **row, **parts},
         {"model": "m", "method": "dann", "images_per_s": 800.0, "speedup": 2.0, "vs_plain": 1.3, **row},
         {"model": "m", "method": "source_only (trainer.amp=false)", "images_per_s": 600.0, **row},
         {"model": "m", "method": "dann (trainer.amp=false)", "images_per_s": 400.0, **row},
     ]
     text = throughput.table(rows, baseline=True)
     assert "| m | source_only | bfloat16 | 1000 |" in text and "2.00x" in text and "1.30x" in text
+    assert "| 10% | 15% / 5% |" in text  # eval / train, then its forwards and validators against training
     assert throughput._per_image_ratios(rows) == [
         "- m: cost per image relative to source_only: dann 1.25x, dann (trainer.amp=false) 1.50x"
     ]
