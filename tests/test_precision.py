@@ -23,10 +23,10 @@ def test_cpu_autocast_only_where_the_cpu_has_bf16_instructions(monkeypatch, nati
     assert da.train.amp_dtype(True, torch.device("mps")) is None
 
 
-def test_cpu_bf16_detection_reads_the_cpu_flags():
+def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
     with open("/proc/cpuinfo") as fh:
         flags = set(next((line for line in fh if line.startswith("flags")), "").split())
-    da.train._CPU_BF16 = None  # detect afresh
+    monkeypatch.setattr(da.train, "_CPU_BF16", None)  # detect afresh (restored after the test)
     expected = bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.backends.mkldnn.is_available()
     assert da.train.cpu_bf16_native() == expected
 
