@@ -15,13 +15,18 @@ from da import distributed
 def float32(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Run ``loss`` in float32 even under autocast (``trainer.amp``): the batch statistics it computes
     (covariances, kernel means, class-confusion products) would go through bfloat16 matrix products, whose 8
-    significant bits blur a difference of covariances. Tensor arguments are cast up; outside autocast nothing
-    changes. These losses cost little beside the network."""
+    significant bits blur a difference of covariances. Floating tensor arguments (positional or keyword) are cast
+    up, so the loss itself needs no casts; outside autocast nothing else changes. These losses cost little beside
+    the network."""
+
+    def up(a):
+        return a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
 
     @functools.wraps(loss)
     def wrapped(*args, **kwargs):
-        args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        args, kwargs = tuple(up(a) for a in args), {k: up(v) for k, v in kwargs.items()}
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        device = tensors[0].device.type if tensors else "cpu"
         if not torch.is_autocast_enabled(device):
             return loss(*args, **kwargs)
         with torch.autocast(device, enabled=False):
@@ -84,7 +89,7 @@ def _covariance(f: torch.Tensor) -> torch.Tensor:
 def coral(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     """Deep CORAL: ‖C_s − C_t‖²_F / (4 d²) between feature covariances. Sun & Saenko, arXiv 1607.01719."""
     d = f_s.shape[1]
-    diff = _covariance(f_s.float()) - _covariance(f_t.float())  # (D, D)
+    diff = _covariance(f_s) - _covariance(f_t)  # (D, D)
     return (diff * diff).sum() / (4 * d * d)
 
 
@@ -101,7 +106,6 @@ def mk_mmd(
     joint batch (detached; TLlib's ``GaussianKernel``). Within-domain sums skip the diagonal (Gretton et al.
     2012's unbiased estimate) when a domain has at least two samples.
     """
-    f_s, f_t = f_s.float(), f_t.float()
     f = torch.cat([f_s, f_t])  # (B_s + B_t, D)
     dist = torch.cdist(f, f).pow(2)  # (N, N)
     sigma2 = dist.detach().mean() if bandwidth is None else torch.as_tensor(bandwidth, dtype=f.dtype)
@@ -157,7 +161,7 @@ def mcc(logits_t: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
     p = softmax(z/T) (B, K); w = 1 + exp(−H(p)) normalised to sum B; C = (p·w)ᵀ p (K, K), each column scaled by
     its class total (C is symmetric); loss = (ΣC − tr C) / K.
     """
-    z = logits_t.float() / temperature
+    z = logits_t / temperature
     p = F.softmax(z, dim=1)  # (B, K)
     h = -(p * F.log_softmax(z, dim=1)).sum(1).detach()  # (B,) entropy
     w = 1.0 + torch.exp(-h)
@@ -171,7 +175,7 @@ def mcc(logits_t: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:
 @float32
 def bnm(logits_t: torch.Tensor) -> torch.Tensor:
     """Batch Nuclear-norm Maximization: −‖softmax(z)‖_* / B. Cui et al., arXiv 2003.12237, Eq. 9."""
-    p = F.softmax(logits_t.float(), dim=1)  # (B, K)
+    p = F.softmax(logits_t, dim=1)  # (B, K)
     return -torch.linalg.matrix_norm(p, ord="nuc") / p.shape[0]
 
 

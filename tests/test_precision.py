@@ -84,7 +84,9 @@ def test_statistic_losses_run_in_float32_under_autocast():
             "mcc": losses.mcc(z),
             "bnm": losses.bnm(z),
         }
+        by_keyword = losses.coral(f_s=f_s, f_t=f_t)  # keyword arguments are cast up too
         plain_product = (z.T @ z).dtype  # what a matrix product inside the loss would otherwise be
     assert plain_product == torch.bfloat16
+    assert torch.equal(by_keyword, exact["coral"])
     for name, value in under.items():
         assert value.dtype == torch.float32 and torch.equal(value, exact[name]), name
