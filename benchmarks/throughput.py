@@ -1,13 +1,15 @@
 """Training throughput: ``python -m benchmarks.throughput [baseline=<checkout>] [key=value ...]``.
 
-For each model and method it builds a run exactly as ``python -m da.run`` does, trains one warm-up epoch, then
-times ``repeats`` training epochs (images/s) and their end-of-epoch evaluation + validator passes (seconds, and
-as a fraction of the epoch's training time, and split into its forward passes and its validators; medians
-over the timed epochs), and reports the process's peak memory (CPU RSS, or ``torch.cuda.max_memory_allocated``)
-and the bytes of the image tensors. The yardstick is
+For each model and method it runs ``da.fit`` as ``python -m da.run`` does (``init=scratch``: no source stage),
+with a listener (:class:`da.callbacks.Callback`) that times one warm-up epoch and then ``repeats`` training
+epochs (images/s) and their end-of-epoch evaluation + validator passes (seconds, and as a fraction of the
+epoch's training time, and split into its forward passes and its validators; medians over the timed epochs),
+and reports the process's peak memory (CPU RSS, or ``torch.cuda.max_memory_allocated``) and the bytes of the
+image tensors. The yardstick is
 the same model trained by a plain PyTorch loop written below (in-memory tensors, a ``DataLoader``, SGD; the
 loop of PyTorch's tutorials). ``baseline=<path>`` measures a second checkout of ``da`` (e.g. an earlier
-commit, ``git worktree add /tmp/base <commit>``) in the same run, so speed-ups are ratios measured side by side.
+commit with the listener API, ``git worktree add /tmp/base <commit>``) in the same run, so speed-ups are
+ratios measured side by side.
 
 Images/s counts the images a step feeds the model: batch_size for a method that reads one domain
 (``source_only``), 2 x batch_size for the others (source + target). Every measurement runs in its own process.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,87 +89,77 @@ def folder_task(root: str, size: int, n_source: int, n_target: int, classes: int
 # ---------------------------------------------------------------------------------------------- worker side
 def worker(spec: dict) -> dict:
     """One measurement in this process, with whichever ``da`` is first on the path (this checkout or the
-    baseline's)."""
+    baseline's), through the public API: ``da.fit`` with a listener that reads each epoch's timings."""
     import resource
 
     import torch
 
-    from da.build import build_run
-    from da.config import compose
-    from da.runlog import Progress
-    from da.train import Trainer, select_device
+    import da
+    from da.callbacks import Callback
+    from da.runtime import select_device
 
     torch.manual_seed(0)
     device = select_device(spec["device"])
     if spec["method"] == "plain":
         return plain_loop(spec, device)
-    bs = spec["batch_size"]
+    bs, repeats = spec["batch_size"], spec.get("repeats", 3)
     overrides = [
         f"method={spec['method']}",
         f"device={spec['device']}",
         "trainer.progress_bar=false",
         f"trainer.batch_size={bs}",
+        f"trainer.epochs={1 + repeats}",  # a warm-up epoch, then the timed ones
+        "init=scratch",  # no source stage: only the method's own epochs are timed
         *spec["overrides"],
     ]
     if spec["steps"]:
         overrides.append(f"trainer.steps_per_epoch={spec['steps']}")
-    cfg = compose(overrides)
-    parts = build_run(cfg)
-    run_dir = tempfile.mkdtemp(prefix="da-throughput-")
-    trainer = Trainer(parts.configs.trainer, parts.method, parts.task, run_dir, device, int(cfg.seed))
-    progress = Progress(False, trainer.total_steps, 0, spec["method"], 2)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(1 + spec.get("repeats", 3)):  # a warm-up epoch, then the timed ones
-        sync()
-        start = time.perf_counter()
-        trainer.train_epoch(progress)
-        sync()
-        train = time.perf_counter() - start
-        trainer.epoch += 1
-        start = time.perf_counter()
-        trainer.evaluate()
-        sync()
-        times.append((train, time.perf_counter() - start, *_evaluation_parts(trainer, sync)))
-    train, evaluation, forwards, validators = (_median(list(c)) for c in list(zip(*times[1:]))[:4])
+
+    class Timer(Callback):
+        """Per epoch: training seconds (the trainer's own clock) and the evaluation's two parts."""
+
+        def __init__(self) -> None:
+            self.times: list[tuple[float, float, float, float]] = []
+            self.trained = 0.0
+
+        def on_train_epoch_end(self, trainer) -> None:
+            sync()
+            self.train = trainer.train_seconds - self.trained
+            self.trained = trainer.train_seconds
+
+        def on_epoch_end(self, trainer, row) -> None:
+            seconds = trainer.evaluator.seconds  # the evaluation that just ran: forwards, validators
+            forwards, validators = seconds["forwards"], seconds["validators"]
+            self.times.append((self.train, forwards + validators, forwards, validators))
+            self.steps, self.precision = trainer.steps_per_epoch, trainer.runtime.precision
+            self.task = trainer.task
+
+    timer = Timer()
+    run_dir = tempfile.mkdtemp(prefix="da-throughput-")
+    try:
+        da.fit(da.compose(overrides), run_dir=run_dir, quiet=True, callbacks=[timer])
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    train, evaluation, forwards, validators = (_median(list(c)) for c in zip(*timer.times[1:], strict=True))
     domains = 1 if spec["method"] in ONE_DOMAIN else 2
-    images = trainer.steps_per_epoch * bs * domains
-    task = parts.task
-    tensors = {id(t): t for t in _tensors(task)}
+    images = timer.steps * bs * domains
+    tensors = {id(t): t for t in _tensors(timer.task)}
     return {
         "images_per_s": images / train,
-        "step_ms": 1000 * train / trainer.steps_per_epoch,
+        "step_ms": 1000 * train / timer.steps,
         "train_s": train,
         "eval_s": evaluation,
         "eval_fraction": evaluation / train,
         "forwards_s": forwards,
         "validators_s": validators,
-        "steps": trainer.steps_per_epoch,
-        "precision": str(getattr(trainer, "amp_dtype", None) or torch.float32).removeprefix("torch."),
+        "steps": timer.steps,
+        "precision": timer.precision,
         "data_mb": sum(t.nelement() * t.element_size() for t in tensors.values()) / 2**20,
         "peak_mb": _peak_mb(device, resource),
     }
-
-
-def _evaluation_parts(trainer, sync) -> tuple[float | None, float | None]:
-    """The evaluation pass again, in its two parts: the forward passes over the splits it reads, and the
-    label-free validators on their predictions (seconds); None for a checkout without these parts."""
-    try:
-        from da.validators import score_all
-
-        trainer._target_train_pred = None  # predict afresh
-        start = time.perf_counter()
-        data = trainer.validation_data()
-        trainer.target_test_predictions()
-        sync()
-        forwards = time.perf_counter() - start
-        start = time.perf_counter()
-        score_all(data)
-        return forwards, time.perf_counter() - start
-    except (AttributeError, ImportError, TypeError):
-        return None, None
 
 
 def _median(values: list[float | None]) -> float | None:

@@ -19,12 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from da import checkpoint
 from da.backbones import BackboneConfig, ImageClassifier, build_model
-from da.config import check_top_level, to_dataclass
+from da.config import TrainerConfig, check_top_level, to_dataclass
 from da.data import DATASETS, build_task
 from da.data.base import Task, hold_out_source_val
 from da.errors import ConfigError
 from da.methods import METHODS, Method, MethodConfig
-from da.train import TrainerConfig, seed_everything
+from da.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,12 @@ def load_backbone(model: ImageClassifier, path: str) -> None:
     state = checkpoint.read_model_state(path, "backbone.checkpoint")
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
-    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a shape mismatch
+        lines = str(err).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else str(err)
+        raise ConfigError(f"backbone.checkpoint: {path} does not match the backbone ({first})") from err
     if unexpected or len(missing) == len(list(model.backbone.state_dict())):
         raise ConfigError(f"backbone.checkpoint: {path} does not match the backbone (missing {len(missing)} keys)")
 
@@ -175,15 +180,36 @@ class LoadedRun:
         return self._task
 
 
-def load_run(run_dir: str, device: str = "cpu") -> LoadedRun:
-    """The trained model of a finished run folder (its reported weights, ``model.pt``) and its config."""
+def load_run(run_dir: str, device: str = "cpu", tasks: dict | None = None) -> LoadedRun:
+    """The trained model of a finished run folder (its reported weights, ``model.pt``) and its config; a folder
+    that cannot be read (unfinished, corrupt config.yaml or model.pt) is one ConfigError. ``tasks`` caches
+    built tasks across calls (as :func:`build_run`): runs of one task share it."""
     results = checkpoint_results(run_dir)
-    cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
-    parts = build_run(cfg, pretrained=False)
-    state = torch.load(os.path.join(run_dir, checkpoint.MODEL), map_location="cpu", weights_only=True)
-    parts.method.model.load_state_dict(state)
+    cfg = _read_config(os.path.join(run_dir, "config.yaml"))
+    parts = build_run(cfg, tasks=tasks, pretrained=False)
+    path = os.path.join(run_dir, checkpoint.MODEL)
+    state = checkpoint.load(path, "load_run")  # weights only: a shared run folder runs no code
+    try:
+        parts.method.model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err).splitlines()[0])
+        raise ConfigError(f"load_run: {path} does not match the model config.yaml describes ({first[:160]})") from err
     parts.method.to(device).eval()
     return LoadedRun(run_dir, cfg, results, parts.method, parts.task)
+
+
+def _read_config(path: str) -> DictConfig:
+    """A run folder's config.yaml as a DictConfig; missing, unparsable or not a mapping is one ConfigError."""
+    try:
+        cfg = OmegaConf.load(path)
+    except FileNotFoundError as err:
+        raise ConfigError(f"load_run: {path} not found") from err
+    except Exception as err:  # yaml's ParserError / ScannerError, an unreadable file, an OmegaConf error
+        line = (str(err).splitlines() or [""])[0][:120]
+        raise ConfigError(f"load_run: cannot read {path} ({type(err).__name__}: {line})") from err
+    if not isinstance(cfg, DictConfig) or "method" not in cfg or "dataset" not in cfg:
+        raise ConfigError(f"load_run: {path} is not a run's config (no method and dataset sections)")
+    return cfg
 
 
 def checkpoint_results(run_dir: str) -> dict[str, Any]:
@@ -192,6 +218,9 @@ def checkpoint_results(run_dir: str) -> dict[str, Any]:
         raise ConfigError(f"{run_dir} holds no model.pt: the run has not finished (or predates model.pt)")
     try:
         with open(path) as fh:
-            return json.load(fh)
+            results = json.load(fh)
     except (OSError, ValueError) as err:
         raise ConfigError(f"{run_dir}: cannot read results.json ({type(err).__name__})") from err
+    if not isinstance(results, dict):
+        raise ConfigError(f"{run_dir}: results.json holds no results object")
+    return results

@@ -4,19 +4,24 @@ A run folder holds two files with weights:
 
 - ``checkpoint.pt``: everything needed to resume exactly — the method's state (``model.*`` plus extra modules
   such as discriminators), optimiser, AMP scaler, counters, history, the RNG states (Python, NumPy, torch CPU
-  and CUDA) and the config fingerprint. It holds NumPy objects, so it is read with ``weights_only=False``;
-  only read checkpoints you trust.
+  and CUDA, stored as tensors and plain lists) and the config fingerprint.
 - ``model.pt``: the trained model's plain ``state_dict`` (backbone, bottleneck, head), the weights that are
   reported; loads with ``torch.load(path, weights_only=True)``.
 
 :func:`read_model_state` reads the model's weights from any of: a run folder, ``model.pt``, ``checkpoint.pt``
 or a plain ``state_dict`` file; ``init=`` and ``backbone.checkpoint=`` both go through it.
+
+Every file is read with ``torch.load(..., weights_only=True)``: tensors and plain containers only, so a shared
+run folder or weights file can never run code (a pickle naming any other callable is refused with one line).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import random
+import re
 from typing import Any
 
 import numpy as np
@@ -37,15 +42,38 @@ def save(obj: Any, path: str) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def load(path: str, what: str, weights_only: bool = False, hint: str = "") -> Any:
-    """``torch.load`` on the CPU; an unreadable file (truncated, empty, foreign) is one ConfigError (+ ``hint``)."""
+def load(path: str, what: str, hint: str = "") -> Any:
+    """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only, never code. An unreadable
+    file (truncated, empty, foreign) or one that holds other objects is one ConfigError (+ ``hint``)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        with _legacy_numpy_arrays():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise ConfigError(f"{what}: file not found: {path}") from err
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):  # a corrupt pickle, not a foreign object
+            raise ConfigError(f"{what}: cannot read {path} as a torch file ({_first_line(err)}){hint}") from err
+        named = re.search(r"GLOBAL (\S+)", str(err))
+        raise ConfigError(
+            f"{what}: {path} holds objects other than tensors{f' ({named.group(1)})' if named else ''}; "
+            f"refusing to unpickle it (only weights files are read){hint}"
+        ) from None
     except Exception as err:
-        first = (str(err).splitlines() or [""])[0][:80]
-        raise ConfigError(f"{what}: cannot read {path} as a torch file ({type(err).__name__}: {first}){hint}") from err
+        raise ConfigError(f"{what}: cannot read {path} as a torch file ({_first_line(err)}){hint}") from err
+
+
+def _legacy_numpy_arrays() -> contextlib.AbstractContextManager:
+    """Checkpoints of earlier versions hold NumPy's RNG state as an ndarray: allow NumPy's array constructor (no
+    other callable) so such run folders still resume (torch >= 2.5; before, they are refused with one line)."""
+    allow = getattr(torch.serialization, "safe_globals", None)
+    if allow is None:
+        return contextlib.nullcontext()
+    core = np._core if hasattr(np, "_core") else np.core  # NumPy 2 renamed numpy.core
+    return allow([core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))])
+
+
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:80]}"
 
 
 def read_model_state(path: str, what: str = "init") -> dict[str, torch.Tensor]:
@@ -60,6 +88,8 @@ def read_model_state(path: str, what: str = "init") -> dict[str, torch.Tensor]:
     state = load(path, what)
     if isinstance(state, dict) and isinstance(state.get("method"), dict):  # a trainer checkpoint: the method's
         state = state["method"]
+    if isinstance(state, dict):  # a method's own state (its get_extra_state) is no weight of the model
+        state = {k: v for k, v in state.items() if not str(k).endswith("_extra_state")}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{what}: {path} holds no state_dict")
     if any(k.startswith("model.") for k in state):  # the method's state: keep its model part
@@ -68,12 +98,14 @@ def read_model_state(path: str, what: str = "init") -> dict[str, torch.Tensor]:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random stream training draws from, to resume exactly (CUDA's too when it is in use)."""
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002 - the global RNG, restored on resume
-        "python": random.getstate(),
+    """Every random stream training draws from, to resume exactly (CUDA's too when it is in use), as tensors and
+    plain containers (a checkpoint loads with ``weights_only=True``)."""
+    np_state = np.random.get_state(legacy=False)  # noqa: NPY002 - the global RNG, restored on resume
+    np_state["state"] = {  # the MT19937 key (624 uint32 words) as an int64 tensor, lossless
+        "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+        "pos": int(np_state["state"]["pos"]),
     }
+    state = {"torch": torch.get_rng_state(), "numpy": np_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -81,7 +113,11 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state(state["numpy"])  # noqa: NPY002
+    np_state = state["numpy"]
+    if isinstance(np_state, dict):  # this version's plain form (an earlier one saved NumPy's own tuple)
+        key = np.asarray(np_state["state"]["key"], dtype=np.int64).astype(np.uint32)
+        np_state = {**np_state, "state": {"key": key, "pos": int(np_state["state"]["pos"])}}
+    np.random.set_state(np_state)  # noqa: NPY002
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         cuda = [s.cpu() for s in state["cuda"]]

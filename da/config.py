@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -13,6 +14,70 @@ from omegaconf.errors import OmegaConfBaseException
 from da.errors import ConfigError
 
 T = TypeVar("T")
+LR_SCHEDULES = ("dann", "cosine", "constant")
+DATA_ON_DEVICE = ("auto", "true", "false")
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 20
+    steps_per_epoch: int | None = None  # None: one pass over the larger training domain
+    batch_size: int = 64  # per domain: each step reads batch_size source + batch_size target images
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    lr_schedule: str = "dann"  # dann: lr / (1 + gamma p)^decay (arXiv 1505.07818); cosine; constant
+    lr_gamma: float = 10.0
+    lr_decay: float = 0.75
+    amp: bool = True  # mixed precision: bf16 (fp16 on GPUs without bf16) on CUDA and on CPUs with native bf16
+    num_workers: int = 0  # > 0: per-sample DataLoader workers instead of the batched in-memory path
+    data_on_device: str = "auto"  # auto: images live on the accelerator when they fit; true; false (pinned host)
+    channels_last: bool = True  # NHWC memory format for convolutional backbones (faster on GPU and CPU)
+    compile: bool = False  # torch.compile the model (first steps slower while it compiles)
+    log_every: int = 25  # steps between host reads of the losses (progress bar, finiteness check, TensorBoard)
+    sync_bn: bool = False  # under torchrun: BatchNorm -> SyncBatchNorm (statistics over every rank's batch)
+    eval_batch_size: int = 256
+    progress_bar: bool = True  # a bar on a terminal, one line per epoch otherwise
+    resume: bool = True  # continue from checkpoint.pt when the run folder already holds one
+    deterministic: bool = False  # torch.use_deterministic_algorithms + deterministic cuDNN (slower on GPU)
+    tensorboard: bool = False  # also write per-step losses and per-epoch metrics to <run>/tensorboard
+    collapse_fraction: float = 0.85  # warn when the target's predicted-class entropy falls below this x its peak
+
+    def __post_init__(self) -> None:
+        self.data_on_device = str(self.data_on_device).lower()
+        if self.data_on_device not in DATA_ON_DEVICE:
+            raise ConfigError(f"trainer.data_on_device must be auto, true or false, got {self.data_on_device!r}")
+        for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"trainer.steps_per_epoch must be >= 1 or null, got {self.steps_per_epoch}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"trainer.lr must be a positive number, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"trainer.momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("trainer.nesterov=true needs trainer.momentum > 0")
+        if self.weight_decay < 0 or self.num_workers < 0:
+            raise ConfigError("trainer.weight_decay and trainer.num_workers must be >= 0")
+        if self.lr_gamma < 0 or self.lr_decay < 0:
+            raise ConfigError("trainer.lr_gamma and trainer.lr_decay must be >= 0")
+        if not 0 <= self.collapse_fraction < 1:
+            raise ConfigError(f"trainer.collapse_fraction must be in [0, 1), got {self.collapse_fraction}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown trainer.lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+
+
+def lr_at(cfg: TrainerConfig, progress: float) -> float:
+    """Learning rate at training progress p in [0, 1]."""
+    if cfg.lr_schedule == "dann":
+        return cfg.lr / (1.0 + cfg.lr_gamma * progress) ** cfg.lr_decay
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.lr
+
+
 TOP_LEVEL_KEYS = (
     "method",
     "dataset",

@@ -84,6 +84,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank, in place: each rank's last training
+    forward updated its own; evaluation must use the ones rank 0 saves in model.pt."""
+    if world_size() == 1:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
 def shard_range(n: int, r: int | None = None) -> tuple[int, int]:
     """Rank ``r``'s (this rank's by default) contiguous share [start, stop) of ``n`` items (sizes differ by at
     most one)."""

@@ -12,87 +12,33 @@ import glob
 import json
 import logging
 import os
-import platform
-import subprocess
 import time
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from da import checkpoint, distributed
 from da.build import build_run, typed_configs
+from da.callbacks import Callback
 from da.checkpoint import fingerprint, read_resumable
 from da.errors import ConfigError
 from da.evaluate import accuracy, per_class_accuracy
+from da.results import Results, git_commit, versions
 from da.runfolder import locked_run_dir, read_json, write_json, write_text
 from da.runlog import log_to_run_folder
+from da.runtime import select_device, set_deterministic
 from da.selection import oracle, selected_epochs
 from da.stages import SOURCE_STAGE_DIR, init_choice, source_stage_config
-from da.train import Trainer, select_device, set_deterministic
+from da.train import Trainer
 from da.validators import VALIDATORS, best_epochs, score_all
 
 log = logging.getLogger(__name__)
-
-RESULT_KEYS = (
-    "method",
-    "dataset",
-    "source",
-    "target",
-    "backbone",
-    "seed",
-    "target_acc",
-    "source_acc",
-    "per_class_acc",
-    "epochs",
-    "steps",
-    "train_seconds",
-    "images_per_second",
-    "selection",
-    "validators",
-    "versions",
-    "git_commit",
-    "config",
-)
 
 
 def default_run_dir(cfg: DictConfig) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     d = cfg.dataset
     return os.path.join("outputs", f"{d.name}", f"{d.source}_to_{d.target}", cfg.method.name, f"seed{cfg.seed}_{stamp}")
-
-
-def versions() -> dict[str, str]:
-    import hydra
-    import numpy
-    import sklearn
-    import torchvision
-
-    out = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-        "scikit-learn": sklearn.__version__,
-        "hydra": hydra.__version__,
-    }
-    try:
-        from importlib.metadata import version
-
-        out["da"] = version("da")
-        out["pytorch-adapt"] = version("pytorch-adapt")
-    except Exception:  # metadata is absent when running from an uninstalled checkout
-        pass
-    return out
-
-
-def git_commit() -> str | None:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def source_checkpoint(cfg: DictConfig, run_dir: str, quiet: bool = True, **overrides: Any) -> str:
@@ -121,12 +67,15 @@ def resolve_init(cfg: DictConfig, method_cls: type, run_dir: str, quiet: bool = 
     return source_checkpoint(cfg, run_dir, quiet=quiet) if choice == "source" else choice
 
 
-def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dict[str, Any]:
+def fit(
+    cfg: DictConfig, run_dir: str | None = None, quiet: bool = False, callbacks: list[Callback] | None = None
+) -> dict[str, Any]:
     """Train and evaluate the experiment ``cfg`` describes; write the run folder; return results.json's content.
 
     ``cfg`` is a composed config (``da.compose([...])`` in a notebook, Hydra's in the CLI). A reused
     ``run_dir`` holding a checkpoint of the same config resumes from it; one of another config is refused
-    (naming the keys that differ) and the folder is left untouched.
+    (naming the keys that differ) and the folder is left untouched. ``callbacks``: listeners of the training
+    loop (:class:`da.callbacks.Callback`), called after the built-in ones.
     """
     configs = typed_configs(cfg)  # every section checked before the run folder is touched
     distributed.init_from_env(str(cfg.device))  # under torchrun: join the process group (da/distributed.py)
@@ -148,12 +97,12 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
         rule = str(cfg.get("selection") or "last")
         if task.val is not None and rule != "last":
             raise ConfigError(f"selection={rule}: an inductive run selects on its labelled validation split; use last")
-        trainer = Trainer(configs.trainer, method, task, run_dir, device, cfg.seed, signature, resume_state, rule)
+        trainer = Trainer(
+            configs.trainer, method, task, run_dir, device, cfg.seed, signature, resume_state, rule, callbacks
+        )
         del resume_state
         trainer.fit()
-        results = _results(cfg, parts, trainer, device, resolved)  # every rank: validators gather predictions
-        results["init"] = init_path
-        results["world_size"] = trainer.world
+        results = _results(cfg, parts, trainer, resolved, init_path).to_dict()  # every rank: gathers predictions
         if main:
             checkpoint.save(method.model.state_dict(), os.path.join(run_dir, checkpoint.MODEL))  # reported weights
             if task.skipped:  # every unreadable file, with its reason (results.json holds the count)
@@ -164,48 +113,44 @@ def fit(cfg: DictConfig, run_dir: str | None = None, quiet: bool = False) -> dic
     return results
 
 
-def _results(cfg: DictConfig, parts, trainer: Trainer, device: torch.device, resolved: dict) -> dict[str, Any]:
-    method, task = parts.method, parts.task
-    tgt = trainer.predict(task.target_test)  # under the training's precision, as the per-epoch curves
-    src = trainer.predict(task.source_test) if method.uses_source else None
-    results: dict[str, Any] = {
-        "method": parts.configs.method.name,
-        "dataset": task.name,
-        "source": task.source,
-        "target": task.target,
-        "backbone": parts.configs.backbone.name,
-        "seed": cfg.seed,
-        "target_acc": accuracy(tgt.logits, tgt.labels),
-        "source_acc": accuracy(src.logits, src.labels) if src is not None else None,
-        "per_class_acc": dict(zip(task.class_names, per_class_accuracy(tgt.logits, tgt.labels, task.num_classes))),
-        "epochs": trainer.epoch,
-        "steps": trainer.step,
-        "train_seconds": round(trainer.train_seconds, 3),
-        "images_per_second": round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
-        "precision": str(trainer.amp_dtype or torch.float32).removeprefix("torch."),  # trainer.amp's autocast dtype
-        "selection": trainer.selection,
-        # label-free scores of the reported weights (da/validators.py): unlabelled target, labelled source_val
-        "validators": score_all(trainer.validation_data()),
-        "validator_best_epoch": best_epochs(trainer.history),  # the epoch each validator would choose
-        # analysis only: each validator's pick and that epoch's target accuracy; the oracle (target labels)
-        "selected": selected_epochs(trainer.history, list(VALIDATORS)),
-        "oracle": oracle(trainer.history),
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "config": resolved,
-    }
+def _results(cfg: DictConfig, parts, trainer: Trainer, resolved: dict, init_path: str | None) -> Results:
+    method, task, ev, rt = parts.method, parts.task, trainer.evaluator, trainer.runtime
+    tgt = ev.predict(task.target_test)  # under the training's precision, as the per-epoch curves
+    src = ev.predict(task.source_test) if method.uses_source else None
     read = ("target_train", "target_test", "val") + (
         ("source_train", "source_val", "source_test") if method.uses_source else ()
     )
-    results["splits"] = {  # sizes of every split the run read (source_val: the label-free validators' source split)
-        name: len(getattr(task, name)) for name in read if getattr(task, name) is not None
-    }
-    results["collapse"] = trainer.monitor.collapse  # label-free collapse warning (da/monitor.py), or None
-    results["device"] = device.type
-    results["skipped_files"] = task.skipped_files
-    if "budget" in task.notes:  # inductive: sizes of the labelled train / val splits and of the test set
-        results["budget"] = task.notes["budget"]
-    return results
+    return Results(
+        method=parts.configs.method.name,
+        dataset=task.name,
+        source=task.source,
+        target=task.target,
+        backbone=parts.configs.backbone.name,
+        seed=cfg.seed,
+        target_acc=accuracy(tgt.logits, tgt.labels),
+        source_acc=accuracy(src.logits, src.labels) if src is not None else None,
+        per_class_acc=dict(zip(task.class_names, per_class_accuracy(tgt.logits, tgt.labels, task.num_classes))),
+        epochs=trainer.epoch,
+        steps=trainer.step,
+        train_seconds=round(trainer.train_seconds, 3),
+        images_per_second=round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
+        precision=rt.precision,
+        selection=trainer.selection,
+        validators=score_all(ev.validation_data()),  # label-free scores of the reported weights
+        validator_best_epoch=best_epochs(trainer.history),
+        selected=selected_epochs(trainer.history, list(VALIDATORS)),  # analysis only
+        oracle=oracle(trainer.history),  # analysis only (target labels); chooses nothing
+        splits={name: len(getattr(task, name)) for name in read if getattr(task, name) is not None},
+        collapse=ev.monitor.collapse,
+        device=rt.device.type,
+        skipped_files=task.skipped_files,
+        init=init_path,
+        world_size=rt.world,
+        budget=task.notes.get("budget"),  # inductive: the labelled train / val splits and the test set
+        versions=versions(),
+        git_commit=git_commit(),
+        config=resolved,
+    )
 
 
 def summary(results: dict[str, Any], run_dir: str) -> str:

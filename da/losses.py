@@ -9,8 +9,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from da import distributed
-
 
 def float32(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Run ``loss`` in float32 even under autocast (``trainer.amp``): the batch statistics it computes
@@ -130,15 +128,18 @@ def entropy(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     return h.mean() if reduction == "mean" else h
 
 
-def entropy_weights(logits: torch.Tensor) -> torch.Tensor:
+def entropy_weights(
+    logits: torch.Tensor, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
     """CDAN's entropy conditioning: w = 1 + exp(−H(p)), normalised to mean 1 over the batch (B,), detached.
 
-    Long et al., arXiv 1705.10667, Sec. 3.3 (normalisation as in TLlib's ``ConditionalDomainAdversarialLoss``;
-    under torchrun over the global batch, so N ranks compute what one process computes on their union).
+    Long et al., arXiv 1705.10667, Sec. 3.3 (normalisation as in TLlib's ``ConditionalDomainAdversarialLoss``).
+    ``reduce_sum`` sums a tensor over the processes of a distributed run (``Method.reduce_sum``): the mean is
+    then 1 over the global batch, so N ranks compute what one process computes on their union.
     """
     w = 1.0 + torch.exp(-entropy(logits.detach().float(), reduction="none"))  # (B,)
-    if distributed.world_size() > 1:  # under DDP: mean 1 over the global batch (every rank's samples)
-        total = distributed.all_reduce_sum(torch.stack([w.sum(), torch.tensor(float(len(w)), device=w.device)]))
+    if reduce_sum is not None:
+        total = reduce_sum(torch.stack([w.sum(), torch.tensor(float(len(w)), device=w.device)]))  # (2,)
         return w * total[1] / total[0]
     return w * len(w) / w.sum()
 

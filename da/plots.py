@@ -8,10 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from da import checkpoint
-from da.build import build_run
+from da.build import load_run
 from da.data.base import Task
 from da.evaluate import predict
 from da.methods import Method
@@ -29,15 +27,12 @@ def _plt():
 
 
 def restore(run_dir: str, device: str = "cpu", tasks: dict | None = None) -> tuple[Method, Task]:
-    """Rebuild a finished run's method and its task from the run folder (the trainer's weights: checkpoint.pt).
+    """A finished run's method (its reported weights, model.pt, through :func:`da.build.load_run`) and its task.
 
     ``tasks`` caches built tasks across calls, keyed by (dataset config, seed): runs of one task share it.
     """
-    cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
-    parts = build_run(cfg, tasks=tasks if tasks is not None else {}, pretrained=False)
-    state = checkpoint.load(os.path.join(run_dir, checkpoint.CHECKPOINT), "restore")
-    parts.method.load_state_dict(state["method"])
-    return parts.method.to(device).eval(), parts.task
+    run = load_run(run_dir, device, tasks=tasks if tasks is not None else {})
+    return run.method, run.task
 
 
 def domain_features(method: Method, task: Task, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,14 @@ from torch.nn import functional as F
 from da.evaluate import accuracy
 
 
+def cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
+    """A detached CPU copy of a ``state_dict`` (a method's extra state, a dict of tensors, copied alike)."""
+    return {
+        k: cpu_copy(v) if isinstance(v, dict) else v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
+        for k, v in state.items()
+    }
+
+
 class EarlyStopping:
     """Accuracy and loss on the labelled validation split (part of an inductive task's label budget).
 
@@ -32,7 +40,7 @@ class EarlyStopping:
         val_loss = F.cross_entropy(logits, labels).item()
         best = self.best
         if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
-            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            state = cpu_copy(module.state_dict())
             self.best = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "method": state}
         return {"val_acc": val_acc, "val_loss": val_loss}
 
@@ -62,7 +70,7 @@ class LabelFreeSelection:
         if value is None or value != value:  # not computed, or NaN: never chosen
             return
         if self.best is None or value >= self.best["score"]:
-            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            state = cpu_copy(module.state_dict())
             self.best = {"epoch": epoch, "score": value, "method": state}
 
 

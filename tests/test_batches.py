@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+import da.evaluator
 import da.methods.base
+import da.runtime
 import da.train
 from da.build import build_run
 from da.data.base import LabelledTensors, Unlabelled, forever
@@ -87,10 +89,10 @@ def test_resolve_reads_subsets_and_transforms_and_leaves_other_datasets_to_a_loa
 
 
 def test_a_custom_dataset_still_trains_through_a_dataloader(tmp_path, monkeypatch):
-    real = da.train.resolve
-    monkeypatch.setattr(da.train, "resolve", lambda d: None)  # as if every split were a user's own Dataset
+    real = da.evaluator.resolve
+    monkeypatch.setattr(da.evaluator, "resolve", lambda d: None)  # as if every split were a user's own Dataset
     loader_path = fit(tiny_cfg(), run_dir=str(tmp_path / "loader"), quiet=True)
-    monkeypatch.setattr(da.train, "resolve", real)
+    monkeypatch.setattr(da.evaluator, "resolve", real)
     batched = fit(tiny_cfg(), run_dir=str(tmp_path / "batched"), quiet=True)
     assert loader_path["target_acc"] == pytest.approx(batched["target_acc"], abs=1e-6)  # same batches, same numbers
 
@@ -101,7 +103,7 @@ def test_source_only_reads_no_target_batch_but_trains_as_many_steps(tmp_path):
         p = build_run(tiny_cfg(f"method={method}", "trainer.steps_per_epoch=null", "trainer.batch_size=8"))
         device = torch.device("cpu")
         trainers[method] = da.train.Trainer(p.configs.trainer, p.method, p.task, str(tmp_path / method), device, 0)
-    src, tgt = trainers["source_only"]._batches(0)
+    src, tgt = trainers["source_only"]._streams(0)
     assert src is not None and tgt is None
     assert trainers["source_only"].steps_per_epoch == trainers["dann"].steps_per_epoch
 
@@ -129,13 +131,13 @@ def test_a_non_finite_loss_stops_the_run_before_anything_is_written(tmp_path, mo
 
 def test_pseudo_labelling_reuses_the_validators_forward_pass(tmp_path, monkeypatch):
     sizes = []
-    real = da.train.predict
+    real = da.evaluator.predict
 
     def counting(method, dataset, device, batch_size=256, amp_dtype=None):
         sizes.append(len(dataset))
         return real(method, dataset, device, batch_size, amp_dtype)
 
-    monkeypatch.setattr(da.train, "predict", counting)
+    monkeypatch.setattr(da.evaluator, "predict", counting)
     monkeypatch.setattr(da.methods.base, "predict", counting)
     parts = build_run(tiny_cfg("method=self_training", "init=scratch"))
     n_target = len(parts.task.target_train)
@@ -145,7 +147,7 @@ def test_pseudo_labelling_reuses_the_validators_forward_pass(tmp_path, monkeypat
 
 
 def test_channels_last_and_compile(tmp_path, monkeypatch):
-    monkeypatch.setattr(da.train, "COMPILE_BACKEND", "eager")  # the branch, without a C++ toolchain
+    monkeypatch.setattr(da.runtime, "COMPILE_BACKEND", "eager")  # the branch, without a C++ toolchain
     results = fit(tiny_cfg("trainer.compile=true", "trainer.epochs=1"), run_dir=str(tmp_path), quiet=True)
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert not any("_orig_mod" in k for k in state)  # checkpoints keep the plain module's keys
@@ -155,7 +157,7 @@ def test_channels_last_and_compile(tmp_path, monkeypatch):
         parts.configs.trainer, parts.method, parts.task, str(tmp_path / "cl"), torch.device("cpu"), 0
     )
     conv = parts.method.model.backbone.features[0].weight
-    assert trainer.data_placement == "host" and conv.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.evaluator.placement == "host" and conv.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_bad_data_on_device_value_is_one_config_error(tmp_path):
@@ -174,7 +176,7 @@ def test_tensor_split_bytes():
 def test_placement_moves_shared_images_once(mode, where):
     x = torch.zeros(6, 1, 4, 4, dtype=torch.uint8)
     train, view = TensorSplit(x, torch.arange(6)), TensorSplit(x, None)  # two views of one tensor
-    placed, placement = da.train.place_splits({"a": train, "b": view, "c": None}, torch.device("meta"), mode)
+    placed, placement = da.runtime.place_splits({"a": train, "b": view, "c": None}, torch.device("meta"), mode)
     assert placed["a"].x.device.type == where and placed["a"].x is placed["b"].x and placed["c"] is None
     assert placement == ("device" if where == "meta" else "host")
 
@@ -204,13 +206,13 @@ def test_throughput_table_and_per_image_ratios(tmp_path):
 def test_the_trainer_uses_torchs_fused_sgd_with_the_per_tensor_update():
     parts = build_run(tiny_cfg())
     cfg = parts.configs.trainer
-    fused = da.train.make_sgd(parts.method.param_groups(cfg.lr), cfg, torch.device("cpu"))
+    fused = da.runtime.make_sgd(parts.method.param_groups(cfg.lr), cfg, torch.device("cpu"))
     assert fused.defaults["fused"] is True
     params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
     twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
     start = [p.detach().clone() for p in params]
-    a = da.train.make_sgd([{"params": params}], cfg, torch.device("cpu"))
-    b = da.train.make_sgd([{"params": twins}], cfg, torch.device("mps"))  # no fused attempt off CPU/CUDA
+    a = da.runtime.make_sgd([{"params": params}], cfg, torch.device("cpu"))
+    b = da.runtime.make_sgd([{"params": twins}], cfg, torch.device("mps"))  # no fused attempt off CPU/CUDA
     assert not b.defaults.get("fused")
     for step in range(5):
         for p, q in zip(params, twins, strict=True):

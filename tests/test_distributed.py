@@ -29,6 +29,7 @@ def _step_gradients(method_name: str, rank: int, world: int, run_dir: str) -> di
     ``trainer.sync_bn=true``, i.e. torch's SyncBatchNorm, which runs on CUDA only."""
     from da.build import build_run
     from da.data.batches import resolve
+    from da.runtime import Step
     from da.train import Trainer
 
     cfg = tiny_cfg(f"method={method_name}", "backbone.bottleneck_dropout=0", "trainer.amp=false")  # float32 sums
@@ -46,8 +47,7 @@ def _step_gradients(method_name: str, rank: int, world: int, run_dir: str) -> di
     for module in parts.method.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
-    step = trainer.ddp if trainer.ddp is not None else parts.method.training_step
-    out = step(batch_s, batch_t, 0.3)
+    out = Step(trainer.runtime, parts.method, trainer.optimizers).forward(batch_s, batch_t, 0.3)  # DDP when wrapped
     out["loss"].backward()
     return {n: p.grad.clone() for n, p in parts.method.named_parameters() if p.grad is not None}
 

@@ -10,7 +10,7 @@ import torch
 import da.selection
 from da.backbones import BACKBONES, BackboneConfig, build_model
 from da.build import load_backbone
-from da.config import compose, to_dataclass
+from da.config import TrainerConfig, compose, to_dataclass
 from da.data import DATASETS, build_task
 from da.data.augment import build_augment
 from da.data.base import LabelledTensors, Task, Unlabelled
@@ -19,7 +19,7 @@ from da.errors import ConfigError
 from da.experiment import fit
 from da.losses import l2_sp
 from da.methods.finetune import Finetune
-from da.train import Trainer, TrainerConfig
+from da.train import Trainer
 
 from .conftest import tiny_cfg
 

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-import da.train
+import da.evaluator
+import da.runtime
 from da.backbones import ImageClassifier, LeNet
 from da.experiment import fit
 
@@ -16,19 +17,19 @@ from .conftest import tiny_cfg
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_autocast_only_where_the_cpu_has_bf16_instructions(monkeypatch, native):
-    monkeypatch.setattr(da.train, "_CPU_BF16", native)
+    monkeypatch.setattr(da.runtime, "_CPU_BF16", native)
     cpu = torch.device("cpu")
-    assert da.train.amp_dtype(True, cpu) == (torch.bfloat16 if native else None)
-    assert da.train.amp_dtype(False, cpu) is None
-    assert da.train.amp_dtype(True, torch.device("mps")) is None
+    assert da.runtime.amp_dtype(True, cpu) == (torch.bfloat16 if native else None)
+    assert da.runtime.amp_dtype(False, cpu) is None
+    assert da.runtime.amp_dtype(True, torch.device("mps")) is None
 
 
 def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
     with open("/proc/cpuinfo") as fh:
         flags = set(next((line for line in fh if line.startswith("flags")), "").split())
-    monkeypatch.setattr(da.train, "_CPU_BF16", None)  # detect afresh (restored after the test)
+    monkeypatch.setattr(da.runtime, "_CPU_BF16", None)  # detect afresh (restored after the test)
     expected = bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.backends.mkldnn.is_available()
-    assert da.train.cpu_bf16_native() == expected
+    assert da.runtime.cpu_bf16_native() == expected
 
 
 def test_the_head_runs_in_float32_under_autocast():
@@ -46,16 +47,16 @@ def test_the_head_runs_in_float32_under_autocast():
 
 
 def test_a_bf16_run_on_the_cpu_trains_evaluates_and_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(da.train, "_CPU_BF16", True)  # forced: runs (emulated) on any CPU
+    monkeypatch.setattr(da.runtime, "_CPU_BF16", True)  # forced: runs (emulated) on any CPU
     seen = []
-    real = da.train.predict
+    real = da.evaluator.predict
 
     def recording(method, dataset, device, batch_size=256, amp_dtype=None):
         out = real(method, dataset, device, batch_size, amp_dtype)
         seen.append((amp_dtype, out.logits.dtype, out.features.dtype))
         return out
 
-    monkeypatch.setattr(da.train, "predict", recording)
+    monkeypatch.setattr(da.evaluator, "predict", recording)
     results = fit(tiny_cfg("method=dann"), run_dir=str(tmp_path / "bf16"), quiet=True)
     assert results["precision"] == "bfloat16"
     assert json.loads((tmp_path / "bf16" / "results.json").read_text())["precision"] == "bfloat16"

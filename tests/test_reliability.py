@@ -231,9 +231,9 @@ def test_15_deterministic_mode(tmp_path, monkeypatch):
     seen = []
     original = da.train.Trainer.train_epoch
 
-    def spy(self, progress):
+    def spy(self):
         seen.append(torch.are_deterministic_algorithms_enabled())
-        return original(self, progress)
+        return original(self)
 
     monkeypatch.setattr(da.train.Trainer, "train_epoch", spy)
     a = fit(tiny_cfg("trainer.deterministic=true"), run_dir=str(tmp_path / "a"), quiet=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import da.train
+import da.evaluator
 from da import validators
 from da.experiment import find_baseline, fit, summary
 
@@ -137,7 +137,7 @@ def test_summary_prints_the_source_only_figure_of_the_same_task_and_seed(tmp_pat
 def test_logging_validators_does_not_change_training(tmp_path, monkeypatch):
     cfg = tiny_cfg("method=dann", "trainer.epochs=2")
     logged = fit(cfg, run_dir=str(tmp_path / "a"), quiet=True)
-    monkeypatch.setattr(da.train, "score_all", lambda *args: {})  # the trainer without the validators
+    monkeypatch.setattr(da.evaluator, "score_all", lambda *args: {})  # the trainer without the validators
     plain = fit(cfg, run_dir=str(tmp_path / "b"), quiet=True)
     assert logged["target_acc"] == plain["target_acc"]
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["method"]

@@ -1,10 +1,10 @@
-"""The method interface every transfer method implements (see DESIGN.md, "Contracts")."""
+"""The method interface every transfer method implements (ARCHITECTURE.md, "Contracts": Method)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from da.registry import Registry
 
 if TYPE_CHECKING:
     from da.data.base import Task, Unlabelled
+    from da.runtime import Step
 
 
 @dataclass
@@ -50,7 +51,13 @@ class Method(nn.Module):
 
     ``training_step(batch_s, batch_t, progress)`` gets a labelled source batch ``(x_s, y_s)``, an unlabelled
     target batch ``(x_t, index_t)`` and the training progress in [0, 1]; it returns named losses with the
-    total under ``"loss"``. The shared trainer does backward, the optimiser step, AMP and schedules.
+    total under ``"loss"``. By default the trainer back-propagates that total once and steps the optimiser
+    (:meth:`optimization_step`). A method whose paper runs several passes (SAM), phases with several optimisers
+    (MCD) or updates a teacher after each step overrides :meth:`optimization_step` (and
+    :meth:`configure_optimizers`), using the :class:`~da.runtime.Step` it is handed, so precision, DDP,
+    schedules, logging and the non-finite check still apply. State that changes its numbers beyond parameters
+    and buffers (counters, banks, pseudo-labels) goes in :meth:`get_extra_state` / :meth:`set_extra_state`
+    (tensors and plain containers): it is part of ``state_dict`` and therefore of the checkpoint.
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
@@ -66,6 +73,18 @@ class Method(nn.Module):
     #: Early stopping on the task's labelled validation split (``Task.val``, inductive tasks only): stop after
     #: this many epochs without improvement and restore the best weights. None: no early stopping.
     patience: int | None = None
+
+    #: Attributes (tensors or None) beyond parameters and buffers that change the method's numbers, e.g.
+    #: pseudo-labels or FlexMatch's counts: saved in ``state_dict`` (its extra state, so in the checkpoint) and
+    #: restored on resume. A tensor saved from an accelerator goes back to the model's device.
+    extra_state: ClassVar[tuple[str, ...]] = ("pseudo_labels",)
+
+    #: Under DDP: whether some parameters get no gradient in a pass (a multi-phase step such as MCD's).
+    find_unused_parameters: ClassVar[bool] = False
+
+    #: Sums a tensor over torchrun's ranks, set by the runtime under DDP (None in one process): what a loss
+    #: needs for a statistic of the global batch (e.g. CDAN's entropy weights).
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(self, model: ImageClassifier, cfg: MethodConfig, num_classes: int) -> None:
         super().__init__()
@@ -86,9 +105,45 @@ class Method(nn.Module):
     ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def forward(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
-        """One training step: what ``DistributedDataParallel`` calls when the trainer runs under torchrun."""
-        return self.training_step(batch_s, batch_t, progress)
+    def forward(self, *args, phase: str = "training_step"):
+        """``self.<phase>(*args)``: what ``DistributedDataParallel`` calls under torchrun (:meth:`Step.forward`),
+        so a multi-phase step's passes each go through it."""
+        return getattr(self, phase)(*args)
+
+    def optimization_step(self, batch_s, batch_t, progress: float, step: Step) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns the named losses to log (total under ``"loss"``). The default: one
+        forward of :meth:`training_step`, one backward of its total, one step of every optimiser."""
+        out = step.forward(batch_s, batch_t, progress)
+        step.zero_grad()
+        step.backward(out["loss"])
+        step.step()
+        return out
+
+    def configure_optimizers(self, make: Callable[[list[dict]], torch.optim.Optimizer]) -> list[torch.optim.Optimizer]:
+        """The optimisers, built by ``make(param_groups)`` (the run's SGD); the trainer sets each group's lr to
+        the schedule's × its ``lr_factor``. Default: one optimiser over :meth:`param_groups`."""
+        return [make(self.param_groups(1.0))]
+
+    def epoch_length(self, task: Task) -> int:
+        """Images in one epoch: the larger training domain the method reads. A transductive method that reads
+        no target batch (source only) still counts the target, so every method of a task trains the same
+        number of steps."""
+        counts_target = self.uses_target or (self.kind == "transductive" and self.uses_source)
+        used = ((task.source_train, self.uses_source), (task.target_train, counts_target))
+        return max([len(d) for d, on in used if on] or [0])  # type: ignore[arg-type]
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The :attr:`extra_state` attributes as ``{name: (tensor or None, saved on an accelerator)}``."""
+        out = {}
+        for name in self.extra_state:
+            value = getattr(self, name, None)
+            out[name] = (None, False) if value is None else (value.detach().clone(), value.device.type != "cpu")
+        return out
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        device = next(self.parameters()).device
+        for name, (value, on_device) in state.items():
+            setattr(self, name, value if value is None else value.to(device if on_device else "cpu"))
 
     def on_epoch_start(self, ctx: EpochContext) -> dict[str, float]:
         """Called before each training epoch (e.g. to re-label the target); returns extra metrics for log.csv."""

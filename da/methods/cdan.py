@@ -53,6 +53,6 @@ class CDAN(JointAdaptation):
             h = losses.multilinear_map(features, g)  # (2B, K*D)
         coeff = losses.grl_coefficient(progress, self.cfg.grl_gamma, self.cfg.grl_high)
         d = self.discriminator(losses.grad_reverse(h, coeff))  # (2B,)
-        w = losses.entropy_weights(logits) if self.cfg.entropy else None  # (2B,)
+        w = losses.entropy_weights(logits, self.reduce_sum) if self.cfg.entropy else None  # (2B,), global batch
         w_s, w_t = (w[:n_s], w[n_s:]) if w is not None else (None, None)
         return losses.domain_adversarial(d[:n_s], d[n_s:], w_s, w_t), {}

@@ -61,6 +61,7 @@ class FixMatch(Method):
 
     kind = "unsupervised"
     default_init = "source"  # init=null starts from a source model trained in <run_dir>/source_stage/
+    extra_state = ("pseudo_labels", "_learned")  # FlexMatch's per-image learned classes resume exactly
 
     def on_epoch_start(self, ctx: EpochContext) -> dict[str, float]:
         """Keeps the last weak-view pseudo-label of each target image (−1 below τ) for the coverage log."""

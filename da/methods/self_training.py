@@ -84,6 +84,7 @@ class SelfTraining(Method):
 
     kind = "unsupervised"
     default_init = "source"  # init=null starts from a source model trained in <run_dir>/source_stage/
+    extra_state = ("pseudo_labels", "_labels_t", "_source_counts")  # a resumed round keeps its labels
 
     def __init__(self, model, cfg: Config, num_classes: int) -> None:
         super().__init__(model, cfg, num_classes)

@@ -66,6 +66,7 @@ class SHOT(Method):
                 raise ConfigError(f"method.source_epochs must be >= 1 or null, got {self.source_epochs}")
 
     kind = "unsupervised"
+    extra_state = ("pseudo_labels", "_labels_t")
     uses_source = False  # the adaptation stage never builds a source loader nor evaluates on source images
     default_init = "source"  # init=null trains the source model first, in <run_dir>/source_stage/
 
