@@ -13,11 +13,14 @@ import io
 import json
 import logging
 import os
+import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -228,21 +231,91 @@ def test_office31_tree_transductive_protocol(tmp_path):
     assert red[0].mean() > 1.0 and red[1].mean() < 0 and task.source_test[0][1] == 0
 
 
-def test_office31_extracts_a_local_archive_checked_by_md5(tmp_path):
+def office31_archive(tmp_path, per_class: int = 2):
+    """``<tmp>/data/office31/domain_adaptation_images.tar.gz`` in the real layout (``<domain>/images/<class>``),
+    amazon then webcam; returns (data_root, base folder, archive)."""
     staging = tmp_path / "staging"
-    write_tree(staging, ["amazon", "webcam"], OFFICE_CLASSES, per_class=2, images="images")
+    write_tree(staging, ["amazon", "webcam"], OFFICE_CLASSES, per_class=per_class, images="images")
     base = tmp_path / "data" / "office31"
     base.mkdir(parents=True)
     archive = base / "domain_adaptation_images.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         for domain in ("amazon", "webcam"):
             tar.add(staging / domain, arcname=domain)
+    return tmp_path / "data", base, archive
+
+
+def office31_task(data_root, *overrides: str):
+    return task_of("dataset=office31", f"data_root={data_root}", "dataset.resize=36", "dataset.crop=32", *overrides)
+
+
+def test_office31_extracts_a_local_archive_checked_by_md5(tmp_path):
+    data_root, base, archive = office31_archive(tmp_path)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    common = ["dataset=office31", f"data_root={tmp_path / 'data'}", "dataset.resize=36", "dataset.crop=32"]
     with pytest.raises(DataError, match="md5"):
-        task_of(*common, "dataset.md5=0123456789abcdef0123456789abcdef")
-    task = task_of(*common, f"dataset.md5={md5}")
+        office31_task(data_root, "dataset.md5=0123456789abcdef0123456789abcdef")
+    task = office31_task(data_root, f"dataset.md5={md5}")
     assert len(task.source_train) == 6 and (base / "amazon" / "images" / "mug").is_dir()
+    assert json.loads((base / ".extracted.json").read_text())["counts"] == {"amazon": 6, "webcam": 6}
+    assert not list(base.glob(".extract-*"))  # the temporary folder is gone
+
+
+@pytest.mark.parametrize("lost", ["some_images", "a_class"])
+def test_office31_partial_extraction_is_extracted_again(tmp_path, lost):
+    """Issue 26.2: what a kill during an in-place extraction left (no record of a complete one) is never used."""
+    data_root, base, archive = office31_archive(tmp_path, per_class=3)
+    with tarfile.open(archive) as tar:
+        tar.extractall(base, filter="data")
+    doomed = sorted((base / "webcam" / "images").rglob("*.jpg"))[-4:] if lost == "some_images" else []
+    for path in doomed:
+        path.unlink()
+    if lost == "a_class":  # killed earlier: a class folder not there yet ("different classes" before)
+        shutil.rmtree(base / "webcam" / "images" / "mug")
+    task = office31_task(data_root, "dataset.md5=null")
+    assert len(task.target_train) == len(task.target_test) == 9 and len(task.source_train) == 9
+    assert json.loads((base / ".extracted.json").read_text())["counts"] == {"amazon": 9, "webcam": 9}
+
+
+def test_office31_images_lost_after_a_complete_extraction(tmp_path):
+    data_root, base, archive = office31_archive(tmp_path)
+    office31_task(data_root, "dataset.md5=null")
+    next((base / "webcam" / "images" / "bike").glob("*.jpg")).unlink()
+    assert len(office31_task(data_root, "dataset.md5=null").target_test) == 6  # re-extracted from the archive
+    next((base / "webcam" / "images" / "bike").glob("*.jpg")).unlink()
+    archive.unlink()
+    with pytest.raises(DataError) as err:  # no archive to extract again: one line, never used silently
+        office31_task(data_root, "dataset.md5=null")
+    message = str(err.value)
+    assert "5 of 6 images" in message and "interrupted extraction" in message and "\n" not in message
+
+
+SLOW_EXTRACTION = """import sys, tarfile, time
+member = tarfile.TarFile._extract_member
+def slow(self, *args, **kwargs):
+    time.sleep(0.03)
+    return member(self, *args, **kwargs)
+tarfile.TarFile._extract_member = slow
+from da.data.office31 import Office31Config, ensure_domains
+ensure_domains(sys.argv[1], Office31Config(md5=None, download=False))
+"""
+
+
+def test_office31_extraction_killed_mid_way_is_never_used(tmp_path):
+    """Issue 26.2: kill -9 while the last domain is being extracted, then a rerun: every image is there."""
+    data_root, base, _ = office31_archive(tmp_path, per_class=4)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_EXTRACTION, str(base)], env=env)
+    try:
+        deadline = time.time() + 120
+        while not any("webcam" in p.parts for p in base.rglob("*.jpg")):  # amazon done, webcam under way
+            assert proc.poll() is None and time.time() < deadline, "the extraction ended before the kill"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    task = office31_task(data_root, "dataset.md5=null")
+    assert len(task.source_train) == len(task.target_train) == 12
+    assert not list(base.glob(".extract-*"))
 
 
 def test_office31_missing_domain_lists_found_and_says_what_to_download(tmp_path):

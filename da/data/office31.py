@@ -9,23 +9,42 @@ training takes a random 224 crop and a horizontal flip, evaluation the centre 22
 When the domains are missing, the archive is extracted if it lies in ``<data_root>/office31/``, else downloaded
 from ``dataset.url`` (checked against ``dataset.md5``) when ``dataset.download`` is true; otherwise, or when
 that fails, one error line says what to download and where to put it.
+
+An extraction is never used half done: the archive goes into a temporary folder next to the domains, which is
+renamed into place once complete, and ``.extracted.json`` then records each domain's image count. A domain
+with fewer images than recorded, or (no record yet) fewer than the archive beside it holds — what a kill during
+an extraction of earlier versions left — is extracted again; without the archive, it is one error line. One
+extraction at a time: parallel jobs on a fresh machine wait for the first (``.extract.lock``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import logging
 import os
+import shutil
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from da.config import one_line
 from da.data.base import Task
 from da.data.folder import FolderConfig, check_sizes, one_domain_task, two_domain_task
-from da.data.images import subfolders
+from da.data.images import IMAGE_EXTENSIONS, image_files, subfolders
 from da.errors import ConfigError, DataError
+from da.runfolder import read_json, write_json
+
+log = logging.getLogger(__name__)
 
 DOMAINS = ("amazon", "dslr", "webcam")
 ARCHIVE = "domain_adaptation_images.tar.gz"
 HOMEPAGE = "https://faculty.cc.gatech.edu/~judy/domainadapt/"
+# images per domain in the authors' archive (4,110 in all, 31 classes each; Saenko et al. 2010)
+OFFICIAL_COUNTS = {"amazon": 2817, "dslr": 498, "webcam": 795}
+MARKER = ".extracted.json"  # {"counts": {domain: images}}, written once an extraction is complete
+TMP_PREFIX = ".extract-"
 
 
 @dataclass
@@ -61,9 +80,10 @@ def domain_dir(base: str, domain: str) -> str | None:
 
 
 def extract(archive: str, base: str, md5: str | None) -> None:
-    """Check the archive's md5 (torchvision's ``check_integrity``) and extract it. The extraction stays on
-    ``tarfile`` with its "data" filter: torchvision's ``extract_archive`` (0.29) extracts every member as is,
-    so a crafted archive could write outside ``base``."""
+    """Check the archive's md5 (torchvision's ``check_integrity``), extract it into a temporary folder in
+    ``base``, rename its entries into place and record each domain's image count in ``base/.extracted.json``.
+    The extraction stays on ``tarfile`` with its "data" filter: torchvision's ``extract_archive`` (0.29)
+    extracts every member as is, so a crafted archive could write outside ``base``."""
     from torchvision.datasets.utils import check_integrity
 
     if md5 and not check_integrity(archive, md5):
@@ -71,14 +91,91 @@ def extract(archive: str, base: str, md5: str | None) -> None:
             f"{archive} does not match md5 {md5} (a partial or different download): delete it and download it "
             "again, or set dataset.md5=null to skip the check"
         )
+    for stale in glob.glob(os.path.join(base, f"{TMP_PREFIX}*")):  # left by an extraction that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=base)
     try:
         with tarfile.open(archive) as tar:
             if hasattr(tarfile, "data_filter"):
-                tar.extractall(base, filter="data")  # refuses absolute paths and links out of base
+                tar.extractall(tmp, filter="data")  # refuses absolute paths and links out of tmp
             else:  # Python < 3.10.12 / 3.11.4
-                tar.extractall(base)  # noqa: S202
+                tar.extractall(tmp)  # noqa: S202
+        counts = {d: len(image_files(found)) for d in DOMAINS if (found := domain_dir(tmp, d))}
+        for entry in sorted(os.listdir(tmp)):  # complete: replace what an interrupted extraction left
+            dest = os.path.join(base, entry)
+            if os.path.isdir(dest) and not os.path.islink(dest):
+                shutil.rmtree(dest)
+            elif os.path.lexists(dest):
+                os.remove(dest)
+            os.replace(os.path.join(tmp, entry), dest)
+        write_json(os.path.join(base, MARKER), {"archive": ARCHIVE, "counts": counts})
     except (tarfile.TarError, OSError) as err:
         raise DataError(f"cannot extract {archive}: {one_line(err)}") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def archive_counts(archive: str) -> dict[str, int]:
+    """Image files per domain among the archive's members (as :func:`domain_dir` and ``image_files`` count)."""
+    counts: dict[str, int] = {}
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                parts = [p for p in member.name.split("/") if p not in ("", ".")]
+                if parts and parts[0] == "domain_adaptation_images":
+                    parts = parts[1:]
+                hidden = any(p.startswith(".") for p in parts)
+                if member.isfile() and len(parts) > 1 and parts[0] in DOMAINS and not hidden:
+                    if parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+                        counts[parts[0]] = counts.get(parts[0], 0) + 1
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"cannot read {archive}: {one_line(err)}; delete it and download it again") from err
+    return counts
+
+
+def expected_counts(base: str) -> dict[str, int] | None:
+    """Images per domain a complete extraction holds: recorded in ``.extracted.json``, else counted in the archive
+    beside the domains (an extraction of an earlier version, or by hand); None for a tree without either."""
+    recorded = (read_json(os.path.join(base, MARKER)) or {}).get("counts")
+    if isinstance(recorded, dict):
+        return {str(d): int(n) for d, n in recorded.items()}
+    if os.path.isfile(os.path.join(base, ARCHIVE)) and any(domain_dir(base, d) for d in DOMAINS):
+        return archive_counts(os.path.join(base, ARCHIVE))
+    return None
+
+
+def incomplete(base: str, domain: str, expected: dict[str, int] | None) -> str | None:
+    """Why ``domain`` under ``base`` cannot be used as it is ("missing", or fewer images than ``expected``), or
+    None."""
+    found = domain_dir(base, domain)
+    if found is None:
+        return "missing"
+    have = len(image_files(found))
+    if expected is None:  # a tree the user put there: nothing to compare with but the published counts
+        if len(subfolders(found)) == 31 and have < OFFICIAL_COUNTS[domain]:
+            log.warning(
+                "office31: %s holds %d %s images, the published dataset %d: a partial copy?",
+                found,
+                have,
+                domain,
+                OFFICIAL_COUNTS[domain],
+            )
+        return None
+    want = expected.get(domain, 0)
+    return f"{have} of {want} images in {found}" if have < want else None
+
+
+@contextlib.contextmanager
+def extraction_lock(base: str) -> Iterator[None]:
+    """Hold ``base/.extract.lock`` (blocking): one process extracts, parallel jobs wait for it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        yield
+        return
+    with open(os.path.join(base, ".extract.lock"), "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def download(url: str, base: str, md5: str | None) -> None:
@@ -106,25 +203,42 @@ def missing_message(base: str, missing: list[str], cfg: Office31Config, why: str
 
 
 def ensure_domains(base: str, cfg: Office31Config) -> dict[str, str]:
-    """``{domain: folder}`` for source and target; extracts or downloads the archive when a domain is missing."""
+    """``{domain: folder}`` for source and target; extracts (or downloads and extracts) the archive when a domain
+    is missing or incomplete."""
     wanted = list(dict.fromkeys((cfg.source, cfg.target)))
+    archive = os.path.join(base, ARCHIVE)
+    expected = expected_counts(base)
+    problems = {d: incomplete(base, d, expected) for d in wanted}
+    if not any(problems.values()):
+        if expected is not None and not os.path.isfile(os.path.join(base, MARKER)):
+            with contextlib.suppress(OSError):  # checked against the archive once; a read-only folder is fine
+                write_json(os.path.join(base, MARKER), {"archive": ARCHIVE, "counts": expected})
+        return {d: domain_dir(base, d) for d in wanted}  # type: ignore[misc]
+    missing = [d for d, why in problems.items() if why == "missing"]
+    if not os.path.isfile(archive):
+        partial = [f"{d} ({why})" for d, why in problems.items() if why not in (None, "missing")]
+        if partial:
+            raise DataError(
+                f"Office-31 domain {', '.join(partial)}: an interrupted extraction; put {ARCHIVE} back in "
+                f"{base}/ to extract it again, or delete the domain folder"
+            )
+        if not cfg.download or not cfg.url:
+            raise DataError(missing_message(base, missing, cfg, "dataset.download is off"))
+        try:
+            os.makedirs(base, exist_ok=True)
+            download(cfg.url, base, cfg.md5)
+        except Exception as err:  # no network, a dead link, gdown absent, a bad checksum
+            why = f"the download failed ({one_line(err)[:160]})"
+            raise DataError(missing_message(base, missing, cfg, why)) from err
+    with extraction_lock(base):
+        expected = expected_counts(base)  # another process may have extracted it meanwhile
+        if any(incomplete(base, d, expected) for d in wanted):
+            if any(why not in (None, "missing") for why in problems.values()):
+                log.warning("office31: %s is incomplete (an interrupted extraction): extracting it again", base)
+            extract(archive, base, cfg.md5)
     missing = [d for d in wanted if domain_dir(base, d) is None]
     if missing:
-        archive = os.path.join(base, ARCHIVE)
-        if not os.path.isfile(archive):
-            if not cfg.download or not cfg.url:
-                raise DataError(missing_message(base, missing, cfg, "dataset.download is off"))
-            try:
-                os.makedirs(base, exist_ok=True)
-                download(cfg.url, base, cfg.md5)
-            except Exception as err:  # no network, a dead link, gdown absent, a bad checksum
-                raise DataError(
-                    missing_message(base, missing, cfg, f"the download failed ({one_line(err)[:160]})")
-                ) from err
-        extract(archive, base, cfg.md5)
-        missing = [d for d in wanted if domain_dir(base, d) is None]
-        if missing:
-            raise DataError(missing_message(base, missing, cfg, f"{ARCHIVE} did not contain them"))
+        raise DataError(missing_message(base, missing, cfg, f"{ARCHIVE} did not contain them"))
     return {d: domain_dir(base, d) for d in wanted}  # type: ignore[misc]
 
 
