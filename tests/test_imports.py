@@ -103,3 +103,28 @@ def test_losses_and_validators_import_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_losses_are_pure_and_benchmarks_use_the_public_api():
+    """``da/losses.py`` needs no process group (a method passes a cross-rank sum in), and nothing under
+    ``benchmarks/`` reaches into the training loop: benchmarks go through ``da.fit``, ``load_run`` and listeners."""
+    modules = _modules()
+    known = set(modules)
+    assert "da.distributed" not in _imports(modules["da.losses"], "da.losses", known)
+    reaching = {
+        n for n, path in modules.items() if n.startswith("benchmarks") and "da.train" in _imports(path, n, known)
+    }
+    assert not reaching, reaching
+
+
+def test_the_loop_is_small_and_no_class_is_a_hub():
+    """``da/train.py`` reads as a training loop (≤ 250 lines) and no class under ``da/`` exceeds 200 lines."""
+    with open(os.path.join(ROOT, "da", "train.py")) as fh:
+        assert len(fh.read().splitlines()) <= 250
+    long = []
+    for name, path in _modules().items():
+        if name.startswith("da"):
+            for node in ast.walk(ast.parse(open(path).read())):
+                if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 200:
+                    long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, long
