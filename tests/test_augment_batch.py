@@ -1,5 +1,7 @@
-"""Batched augmentation presets (da.data.augment.BatchAugment): shapes, per-image randomness, exactness of the
-geometric presets, torchvision's definitions, reproducibility and refusals. Small batches; a few seconds in all."""
+"""Batched augmentation (da.augment_tensor, the one implementation): the fine-tuning presets
+(da.data.augment.BatchAugment: shapes, per-image randomness, exactness of the geometric presets, torchvision's
+definitions, reproducibility and refusals), the operations' two conventions, and FixMatch/AdaMatch's weak and strong
+views. Small batches; a few seconds in all."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from da import augment_tensor as AT
 from da.data import augment as A
 from da.data.augment import IMAGENET_NORM, BatchAugment, build_augment, build_batch_augment
 from da.errors import ConfigError
@@ -114,11 +117,11 @@ def test_natural_crop_of_a_constant_image_stays_constant():
 
 def test_resized_crop_boxes_fit_and_fall_back_to_the_centre():
     torch.manual_seed(6)
-    top, left, h, w = A.resized_crop_boxes(256, 12, 20, torch.zeros(1)).unbind(1)
+    top, left, h, w = AT.resized_crop_boxes(256, 12, 20, torch.zeros(1)).unbind(1)
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 12).all() and (left + w <= 20).all()
     assert (h > 0).all() and (w > 0).all() and len(set(h.tolist())) > 1
     # no area fits (scale > 1): torchvision's fallback, the largest centre crop within the ratio: 12 x 16
-    boxes = A.resized_crop_boxes(4, 12, 20, torch.zeros(1), scale=(2.0, 3.0))
+    boxes = AT.resized_crop_boxes(4, 12, 20, torch.zeros(1), scale=(2.0, 3.0))
     assert boxes.tolist() == [[0, 2, 12, 16]] * 4
 
 
@@ -139,13 +142,13 @@ def test_color_scales_a_constant_grey_image_by_its_brightness():
 def test_colour_operations_follow_torchvision():
     torch.manual_seed(8)
     u = torch.rand(6, 3, 8, 8)
-    hsv = A.rgb_to_hsv(u)
-    assert torch.allclose(A.hsv_to_rgb(hsv), u, atol=1e-5)
+    hsv = AT.rgb_to_hsv(u)
+    assert torch.allclose(AT.hsv_to_rgb(hsv), u, atol=1e-5)
     factor = torch.full((6,), 1.3)
-    assert torch.allclose(A.adjust_contrast(u, factor), TF.adjust_contrast(u, 1.3), atol=1e-5)
-    assert torch.allclose(A.adjust_saturation(u, factor), TF.adjust_saturation(u, 1.3), atol=1e-5)
-    assert torch.allclose(A.adjust_sharpness(u, factor), TF.adjust_sharpness(u, 1.3), atol=1e-5)
-    assert torch.allclose(A.adjust_hue(u, torch.full((6,), -0.08)), TF.adjust_hue(u, -0.08), atol=1e-5)
+    assert torch.allclose(AT.adjust_contrast(u, factor), TF.adjust_contrast(u, 1.3), atol=1e-5)
+    assert torch.allclose(AT.adjust_saturation(u, factor), TF.adjust_saturation(u, 1.3), atol=1e-5)
+    assert torch.allclose(AT.adjust_sharpness(u, factor), TF.adjust_sharpness(u, 1.3), atol=1e-5)
+    assert torch.allclose(AT.adjust_hue(u, torch.full((6,), -0.08)), TF.adjust_hue(u, -0.08), atol=1e-5)
     grey_rgb = torch.rand(6, 1, 8, 8).expand(6, 3, 8, 8)  # R = G = B: saturation and hue keep it grey
     y = A.batch_color_jitter(grey_rgb, (0.4, 0.4, 0.4, 0.1))
     assert torch.allclose(y, y[:, :1].expand_as(y), atol=1e-5)
@@ -215,3 +218,88 @@ def test_build_batch_augment_mirrors_build_augment():
     aug = build_batch_augment("color", "folder", 32, notes={"normalization": [[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]]})
     assert aug.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
     assert aug.std.flatten().tolist() == pytest.approx([1.0, 2.0, 3.0])
+
+
+# ---------------------------------------------------------------- the operations' two conventions
+
+
+def test_posterize_and_solarize_follow_torchvision_and_the_views_convention():
+    torch.manual_seed(13)
+    u = torch.rand(4, 3, 8, 8)
+    u[:, :, 0, 0], u[:, :, 0, 1] = 0.0, 1.0
+    for bits in (4, 6, 8):
+        assert torch.equal(AT.posterize(u, bits), TF.posterize(u, bits))
+    spread = AT.posterize(u, torch.tensor([1.0, 2.0, 3.0, 4.0]), spread=True)  # per-image bits
+    for i, bits in enumerate((1, 2, 3, 4)):
+        levels = 2**bits - 1
+        assert torch.allclose(spread[i], (u[i] * levels).round() / levels)  # nearest of 2^bits levels in [0, 1]
+        assert spread[i, :, 0, 0].eq(0).all() and spread[i, :, 0, 1].eq(1).all()  # both ends kept
+    assert torch.equal(AT.solarize(u, 0.7), TF.solarize(u, 0.7))
+    per_image = AT.solarize(u, torch.tensor([0.0, 0.5, 1.0, 2.0]))
+    assert torch.equal(per_image[0], 1 - u[0]) and torch.equal(per_image[3], u[3])
+
+
+def test_the_views_contrast_and_sharpness_variants():
+    torch.manual_seed(14)
+    u = torch.rand(4, 3, 8, 8)
+    factor = torch.tensor([0.5, 1.0, 1.5, 0.0])
+    whole = AT.adjust_contrast(u, factor, luma=False)  # blends with the mean of all channels
+    assert torch.allclose(whole[3], u[3].mean().expand(3, 8, 8))
+    assert torch.allclose(whole[1], u[1])  # factor 1: the image
+    grey = u[:, :1]
+    assert torch.equal(AT.adjust_contrast(grey, factor, luma=False), AT.adjust_contrast(grey, factor))
+    keep, replicate = AT.adjust_sharpness(u, factor), AT.adjust_sharpness(u, factor, border="replicate")
+    assert torch.allclose(keep[..., 1:-1, 1:-1], replicate[..., 1:-1, 1:-1])  # the same smoothing inside
+    assert torch.equal(keep[..., 0, :], u[..., 0, :])  # torchvision keeps the border
+    assert not torch.allclose(replicate[0, :, 0, :], u[0, :, 0, :])  # the views smooth it too
+
+
+def test_random_sign_is_plus_or_minus_one_in_the_batch_dtype():
+    torch.manual_seed(15)
+    for dtype in (torch.float32, torch.float64):
+        s = AT.random_sign(1000, torch.zeros(1, dtype=dtype), half_negative=dtype == torch.float64)
+        assert s.dtype == dtype and set(s.tolist()) == {-1.0, 1.0} and abs(s.mean().item()) < 0.15
+
+
+# ---------------------------------------------------------------- FixMatch/AdaMatch's views
+
+
+def test_views_keep_shape_and_weak_never_flips_digits():
+    x = torch.zeros(8, 1, 28, 28) - 1
+    x[:, :, 6:22, 4:8] = 1  # a bar on the left: a horizontal flip would move it to the right
+    torch.manual_seed(0)
+    w = AT.weak(x, max_shift=0.0)
+    assert torch.allclose(w, x, atol=1e-5)  # no shift, no flip: identity
+    w = AT.weak(x, max_shift=0.125)
+    assert w.shape == x.shape and w[..., :14].sum() > w[..., 14:].sum()  # the bar stays on the left
+    s = AT.strong(x)
+    assert s.shape == x.shape and torch.isfinite(s).all() and not torch.allclose(s, x)
+    assert s.min() >= x.min() - 1e-4 and s.max() <= x.max() + 1e-4  # intensities stay in the image's range
+    hidden = AT.cutout(torch.ones(2, 1, 10, 10) * torch.arange(10.0), size=0.5)
+    assert (hidden != torch.ones(2, 1, 10, 10) * torch.arange(10.0)).any()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_strong_view_operation_keeps_shape_and_range(channels):
+    torch.manual_seed(16)
+    x01 = torch.rand(4, channels, 8, 8)
+    m = torch.tensor([0.05, 0.4, 0.7, 1.0])
+    for op in AT.PHOTOMETRIC:
+        y = AT._photometric(op, x01, m)
+        assert y.shape == x01.shape and y.min() >= 0 and y.max() <= 1, op
+    for op in AT.GEOMETRIC:
+        theta = AT._geometric_theta(op, m, x01)
+        assert theta.shape == (4, 2, 3) and not torch.equal(theta, AT.identity_theta(4, x01)), op
+
+
+def test_strong_view_is_reproducible_and_per_image():
+    x = torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for seed in (17, 17, 18):
+        torch.manual_seed(seed)
+        outs.append(AT.strong(x))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    same_image = torch.randn(1, 1, 12, 12).expand(16, 1, 12, 12).contiguous()
+    torch.manual_seed(19)
+    y = AT.strong(same_image)
+    assert len({tuple(img.flatten().round(decimals=4).tolist()) for img in y}) > 1

@@ -20,10 +20,10 @@ Two implementations of the same presets:
 
 - :class:`Augment` (:func:`build_augment`): one image (C, H, W) at a time, torchvision's own transforms, for a
   DataLoader's workers.
-- :class:`BatchAugment` (:func:`build_batch_augment`): a whole batch (B, C, H, W) on its device (CPU or CUDA) with
-  batched tensor ops, each image with its own random parameters from torch's global RNG on that device (so a
-  seeded run is reproducible and resumes from saved RNG states). It follows torchvision's definitions; what
-  differs from the per-sample version:
+- :class:`BatchAugment` (:func:`build_batch_augment`): a whole batch (B, C, H, W) on its device (CPU or CUDA),
+  composed of the batched operations of :mod:`da.augment_tensor` (the ones FixMatch's views use), each image with
+  its own random parameters from torch's global RNG on that device (so a seeded run is reproducible and resumes
+  from saved RNG states). It follows torchvision's definitions; what differs from the per-sample version:
 
   - ``crop`` (natural images): the boxes are torchvision's (its 10-attempt rejection sampling, vectorised, with
     its centre-crop fallback), but the resampling is ``torchvision.ops.roi_align(aligned=True)`` with adaptive
@@ -48,11 +48,9 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
-import torch.nn.functional as F
-from torchvision.ops import roi_align
 from torchvision.transforms import v2 as T
-from torchvision.transforms.v2 import functional as TF
 
+from da import augment_tensor as AT
 from da.errors import ConfigError
 
 PRESETS = ("none", "flip", "crop", "color", "randaugment")
@@ -152,8 +150,8 @@ def build_augment(
 
 # --- Batched presets ---------------------------------------------------------------------------------------------
 #
-# Every helper below takes a batch of [0, 1] images u (B, C, H, W) and, where it has them, per-image parameters (B,)
-# on u's device. Random numbers come from torch's global RNG on that device.
+# Compositions of da.augment_tensor's operations on a batch of [0, 1] images u (B, C, H, W), per-image parameters
+# (B,) on u's device, random numbers from torch's global RNG on that device.
 
 RANDAUGMENT_OPS = (
     "identity",
@@ -171,7 +169,6 @@ RANDAUGMENT_OPS = (
     "autocontrast",
     "equalize",
 )  # torchvision's RandAugment space, in its order
-_GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 
 class BatchAugment:
@@ -194,11 +191,11 @@ class BatchAugment:
         self.ops: list[Callable[[torch.Tensor], torch.Tensor]] = []  # each (B, C, H, W) in [0, 1] -> same range
         for name in names:
             if name == "flip":
-                self.ops.append(batch_flip)
+                self.ops.append(AT.random_hflip)
             elif name == "crop" and glyphs:
-                self.ops.append(partial(batch_shift_crop, size=image_size, pad=max(1, image_size // 8)))
+                self.ops.append(partial(AT.shift_crop, size=image_size, pad=max(1, image_size // 8)))
             elif name == "crop":
-                self.ops.append(partial(batch_resized_crop, size=image_size))
+                self.ops.append(partial(AT.resized_crop, size=image_size))
             elif name == "color":
                 strength = (0.4, 0.4, 0.0, 0.0) if glyphs else (0.4, 0.4, 0.4, 0.1)
                 self.ops.append(partial(batch_color_jitter, strength=strength))
@@ -226,155 +223,6 @@ def build_batch_augment(
     return None if per_sample is None else per_sample.batched()
 
 
-def _uniform(b: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
-    """(B,) uniform in [low, high) on ``like``'s device and dtype."""
-    return low + (high - low) * torch.rand(b, device=like.device, dtype=like.dtype)
-
-
-def _randint(b: int, high: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-    """(B,) integers uniform in [0, high) (``high`` an int or (B,) tensor of ints >= 1), on ``like``'s device."""
-    u = torch.rand(b, device=like.device, dtype=torch.float64)
-    return (u * high).long().clamp_max(torch.as_tensor(high, device=like.device) - 1)
-
-
-def batch_flip(u: torch.Tensor) -> torch.Tensor:
-    """Mirror each image left-right with probability 0.5."""
-    mirror = torch.rand(u.shape[0], device=u.device) < 0.5  # (B,)
-    return torch.where(mirror.view(-1, 1, 1, 1), u.flip(-1), u)
-
-
-def batch_shift_crop(u: torch.Tensor, size: int, pad: int) -> torch.Tensor:
-    """torchvision's ``RandomCrop(size, padding=pad, fill=0)`` per image: pad every side with ``pad`` pixels of 0,
-    cut a (size, size) window at a random integer offset per image (a shift of up to ``pad`` pixels when the
-    side is ``size``). Exact: a gather, no interpolation. (B, C, H, W) -> (B, C, size, size)."""
-    b, c, h, w = u.shape
-    padded = F.pad(u, (pad, pad, pad, pad), value=0.0)  # (B, C, H + 2 pad, W + 2 pad)
-    top = _randint(b, h + 2 * pad - size + 1, u)  # (B,)
-    left = _randint(b, w + 2 * pad - size + 1, u)
-    steps = torch.arange(size, device=u.device)
-    rows = (top[:, None] + steps).view(b, 1, size, 1).expand(b, c, size, w + 2 * pad)
-    cols = (left[:, None] + steps).view(b, 1, 1, size).expand(b, c, size, size)
-    return padded.gather(2, rows).gather(3, cols)
-
-
-def resized_crop_boxes(
-    b: int,
-    height: int,
-    width: int,
-    like: torch.Tensor,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    attempts: int = 10,
-) -> torch.Tensor:
-    """(B, 4) crop boxes (top, left, height, width) in whole pixels: torchvision's
-    ``RandomResizedCrop.get_params`` per image, vectorised. Each image draws ``attempts`` (area, aspect ratio)
-    pairs and keeps the first that fits; an image with none that fits gets torchvision's fallback, the largest
-    centre crop whose aspect ratio is within ``ratio``."""
-    area = height * width
-    target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(b, attempts, device=like.device))  # (B, A)
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(b, attempts, device=like.device))  # (B, A)
-    ws = torch.sqrt(target * aspect).round().long()  # torch.round and Python's round both round half to even
-    hs = torch.sqrt(target / aspect).round().long()
-    fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)  # (B, A)
-    first = fits.int().argmax(1, keepdim=True)  # (B, 1): the first attempt that fits (0 if none)
-    found = fits.any(1)  # (B,)
-    in_ratio = width / height  # the fallback: the centre crop
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fw, fh = int(round(height * max(ratio))), height
-    else:
-        fw, fh = width, height
-    w = torch.where(found, ws.gather(1, first).squeeze(1), fw)  # (B,)
-    h = torch.where(found, hs.gather(1, first).squeeze(1), fh)
-    top = torch.where(found, _randint(b, height - h + 1, like), (height - fh) // 2)
-    left = torch.where(found, _randint(b, width - w + 1, like), (width - fw) // 2)
-    return torch.stack([top, left, h, w], 1)
-
-
-def batch_resized_crop(u: torch.Tensor, size: int) -> torch.Tensor:
-    """torchvision's ``RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3))`` per image: boxes from
-    :func:`resized_crop_boxes`, resampled to (size, size) by ``roi_align(aligned=True)`` (bilinear; averages
-    ceil(box / size)² samples per output pixel when the box is larger). (B, C, H, W) -> (B, C, size, size)."""
-    b, _, h, w = u.shape
-    top, left, bh, bw = resized_crop_boxes(b, h, w, u).to(u.dtype).unbind(1)
-    index = torch.arange(b, device=u.device, dtype=u.dtype)
-    boxes = torch.stack([index, left, top, left + bw, top + bh], 1)  # (B, 5): image, x1, y1, x2, y2 (pixel edges)
-    return roi_align(u, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-
-
-def _grey(u: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) luma of RGB images (torchvision's weights); a 1-channel image is its own grey."""
-    if u.shape[1] == 1:
-        return u
-    weights = torch.tensor(_GREY_WEIGHTS, device=u.device, dtype=u.dtype).view(1, 3, 1, 1)
-    return (u * weights).sum(1, keepdim=True)
-
-
-def _blend(u: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``_blend``: ``other + factor (u - other)`` clamped to [0, 1], ``factor`` (B,)."""
-    return (other + factor.view(-1, 1, 1, 1) * (u - other)).clamp(0, 1)
-
-
-def adjust_brightness(u: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (u * factor.view(-1, 1, 1, 1)).clamp(0, 1)
-
-
-def adjust_contrast(u: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the mean of the grey image (one value per image)."""
-    return _blend(u, _grey(u).mean(dim=(1, 2, 3), keepdim=True), factor)
-
-
-def adjust_saturation(u: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the grey image; grey (1-channel) images are returned as they are, as torchvision does."""
-    return u if u.shape[1] == 1 else _blend(u, _grey(u), factor)
-
-
-def adjust_hue(u: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue by ``shift`` (B,) turns in [-0.5, 0.5]; grey (1-channel) images are returned as they are."""
-    if u.shape[1] == 1:
-        return u
-    h, s, v = rgb_to_hsv(u).unbind(1)
-    return hsv_to_rgb(torch.stack([(h + shift.view(-1, 1, 1)) % 1.0, s, v], 1))
-
-
-def adjust_sharpness(u: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with a 3x3 smoothed image (torchvision's kernel: 1s around a 5, /13); the 1-pixel border keeps its
-    values, as in torchvision."""
-    c, h, w = u.shape[1:]
-    if h <= 2 or w <= 2:
-        return u
-    kernel = torch.ones(3, 3, device=u.device, dtype=u.dtype)
-    kernel[1, 1] = 5.0
-    blurred = F.conv2d(u, (kernel / 13).expand(c, 1, 3, 3), groups=c)  # (B, C, H - 2, W - 2)
-    smooth = u.clone()
-    smooth[..., 1:-1, 1:-1] = blurred
-    return _blend(u, smooth, factor)
-
-
-def rgb_to_hsv(u: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> HSV, each in [0, 1] (hue in turns; hue and saturation 0 where grey)."""
-    r, g, b = u.unbind(1)
-    v, _ = u.max(1)  # (B, H, W)
-    chroma = v - u.min(1).values
-    grey = chroma == 0
-    s = torch.where(v > 0, chroma / torch.where(v > 0, v, 1.0), 0.0)
-    c = torch.where(grey, 1.0, chroma)
-    h = torch.where(v == r, (g - b) / c, torch.where(v == g, 2.0 + (b - r) / c, 4.0 + (r - g) / c))
-    h = torch.where(grey, 0.0, (h / 6.0) % 1.0)
-    return torch.stack([h, s, v], 1)
-
-
-def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) HSV -> RGB in [0, 1]: channel n of (R, G, B) = v - v s clamp(min(k, 4 - k), 0, 1) with
-    k = (n' + 6 h) mod 6, n' = 5, 3, 1."""
-    h, s, v = hsv.unsqueeze(2).unbind(1)  # each (B, 1, H, W)
-    n = torch.tensor([5.0, 3.0, 1.0], device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
-    k = (n + 6.0 * h) % 6.0  # (B, 3, H, W)
-    return (v - v * s * torch.minimum(k, 4.0 - k).clamp(0, 1)).clamp(0, 1)
-
-
 def batch_color_jitter(u: torch.Tensor, strength: tuple[float, float, float, float]) -> torch.Tensor:
     """torchvision's ``ColorJitter(brightness, contrast, saturation, hue)`` with ``strength`` = those four, per
     image factors (brightness, contrast, saturation in [1 - s, 1 + s], hue shift in [-s, s]). The operations run
@@ -382,25 +230,22 @@ def batch_color_jitter(u: torch.Tensor, strength: tuple[float, float, float, flo
     out on grey (1-channel) images."""
     b = u.shape[0]
     brightness, contrast, saturation, hue = strength
-    jitters = [(adjust_brightness, max(0.0, 1 - brightness), 1 + brightness)]  # (operation, factor range)
-    jitters += [(adjust_contrast, max(0.0, 1 - contrast), 1 + contrast)]
+    jitters = [(AT.adjust_brightness, max(0.0, 1 - brightness), 1 + brightness)]  # (operation, factor range)
+    jitters += [(AT.adjust_contrast, max(0.0, 1 - contrast), 1 + contrast)]
     if u.shape[1] == 3:
-        jitters += [(adjust_saturation, max(0.0, 1 - saturation), 1 + saturation), (adjust_hue, -hue, hue)]
+        jitters += [(AT.adjust_saturation, max(0.0, 1 - saturation), 1 + saturation), (AT.adjust_hue, -hue, hue)]
     jitters = [(fn, low, high) for fn, low, high in jitters if high > low]
-    factors = [_uniform(b, low, high, u) for _, low, high in jitters]  # each (B,)
+    factors = [AT.uniform(b, low, high, u) for _, low, high in jitters]  # each (B,)
     for k in torch.randperm(len(jitters), device=u.device).tolist():
         u = jitters[k][0](u, factors[k])
     return u
 
 
 def _warp_nearest(u: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """Resample each image at ``matrix @ p + offset`` for every output pixel centre p, in pixels measured from
-    the image centre (``matrix`` (B, 2, 2), ``offset`` (B, 2), (x, y) order): nearest neighbour, 0 outside."""
-    b, _, h, w = u.shape
-    to_unit = torch.tensor([2.0 / w, 2.0 / h], device=u.device, dtype=u.dtype)  # pixels -> grid units
-    theta = torch.cat([matrix * to_unit.view(1, 2, 1) / to_unit.view(1, 1, 2), (offset * to_unit)[..., None]], 2)
-    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)  # (B, H, W, 2)
-    return F.grid_sample(u, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    """Resample each image at ``matrix @ p + offset`` (pixels from the centre; :func:`AT.pixel_theta`): nearest
+    neighbour, 0 outside, as torchvision's ``affine``/``rotate`` on tensors."""
+    theta = AT.pixel_theta(matrix, offset, u.shape[2], u.shape[3])  # (B, 2, 3)
+    return AT.affine(u, theta, padding_mode="zeros", mode="nearest")
 
 
 def _randaugment_op(op: str, u: torch.Tensor, sign: torch.Tensor, level: float) -> torch.Tensor:
@@ -429,21 +274,21 @@ def _randaugment_op(op: str, u: torch.Tensor, sign: torch.Tensor, level: float) 
         return _warp_nearest(u, matrix, zero)
     factor = 1.0 + 0.9 * level * sign  # (B,) for the blends
     if op == "brightness":
-        return adjust_brightness(u, factor)
+        return AT.adjust_brightness(u, factor)
     if op == "color":
-        return adjust_saturation(u, factor)
+        return AT.adjust_saturation(u, factor)
     if op == "contrast":
-        return adjust_contrast(u, factor)
+        return AT.adjust_contrast(u, factor)
     if op == "sharpness":
-        return adjust_sharpness(u, factor)
+        return AT.adjust_sharpness(u, factor)
     if op == "posterize":  # keep 8 - round(4 level) bits
-        return TF.posterize(u, bits=int(round(8 - 4 * level)))
+        return AT.posterize(u, int(round(8 - 4 * level)))
     if op == "solarize":
-        return TF.solarize(u, threshold=1.0 - level)
+        return AT.solarize(u, 1.0 - level)
     if op == "autocontrast":  # per image and channel
-        return TF.autocontrast(u)
+        return AT.autocontrast(u)
     if op == "equalize":  # per image and channel, on 256 levels
-        return TF.equalize(u)
+        return AT.equalize(u)
     raise ValueError(op)
 
 
@@ -455,7 +300,7 @@ def batch_randaugment(u: torch.Tensor, num_ops: int = 2, magnitude: int = 9, bin
     level = magnitude / (bins - 1)
     for _ in range(num_ops):
         choice = torch.randint(len(RANDAUGMENT_OPS), (b,), device=u.device)  # (B,)
-        sign = torch.where(torch.rand(b, device=u.device, dtype=u.dtype) <= 0.5, -1.0, 1.0).to(u.dtype)
+        sign = AT.random_sign(b, u, half_negative=True)  # (B,)
         out = u.clone()
         for k, op in enumerate(RANDAUGMENT_OPS):
             rows = (choice == k).nonzero().squeeze(1)
