@@ -13,6 +13,7 @@ The loop does no idle work: the losses of each step stay on the device and are r
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -212,7 +213,9 @@ class Trainer:
         show = self.cfg.progress_bar and self.runtime.main
         self.progress = Progress(show, self.total_steps, self.step, self.method.cfg.name, self.cfg.epochs)
         if resumed:
-            self.progress.message(f"resumed from {self.run_dir} after epoch {self.epoch}")
+            self.progress.message(
+                f"resumed from {os.path.join(self.run_dir, checkpoint.CHECKPOINT)} after epoch {self.epoch}"
+            )
         elif self.epoch == 0:
             self.evaluator.monitor.start(self.evaluator.predict_target_train().logits)  # the start's marginal
         try:

@@ -138,6 +138,14 @@ def test_torchrun_writes_one_run_folder_and_resumes_after_a_kill(tmp_path):
     assert sorted(os.listdir(run_dir)) == sorted(
         [".hydra", ".lock", "checkpoint.pt", "config.yaml", "log.csv", "model.pt", "results.json", "run.log"]
     )
+    # the reported accuracy is model.pt's: every rank evaluates with rank 0's BatchNorm statistics (issue 26)
+    from da.build import load_run
+    from da.evaluate import accuracy, predict
+
+    run = load_run(str(run_dir))
+    dtype = None if results["precision"] == "float32" else getattr(torch, results["precision"])
+    pred = predict(run.method, run.task.target_test, torch.device("cpu"), 256, dtype)
+    assert accuracy(pred.logits, pred.labels) == results["target_acc"]
 
 
 @pytest.mark.parametrize("world", [1, 3])

@@ -10,6 +10,7 @@ import torch
 import da.selection
 from da.backbones import BACKBONES, BackboneConfig, build_model
 from da.build import load_backbone
+from da.callbacks import Callback
 from da.config import TrainerConfig, compose, to_dataclass
 from da.data import DATASETS, build_task
 from da.data.augment import build_augment
@@ -142,27 +143,26 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, monkeypatch):
         da.selection, "accuracy", lambda logits, labels: next(scripted) if len(labels) == 6 else real(logits, labels)
     )
     snapshots = []
-    save = Trainer.save_checkpoint
 
-    def snapshot(self):
-        snapshots.append({k: v.clone() for k, v in self.method.state_dict().items()})
-        save(self)
+    class Snapshot(Callback):  # the weights at each epoch's end, as a user's listener sees them
+        def on_epoch_end(self, trainer, row):
+            snapshots.append({k: v.clone() for k, v in trainer.method.model.state_dict().items()})
 
-    monkeypatch.setattr(Trainer, "save_checkpoint", snapshot)
     lenet = BackboneConfig(name="lenet", bottleneck_dim=0)
     trainer = finetune_trainer(tmp_path, lenet, epochs=6, patience=3)
+    trainer.callbacks.append(Snapshot())
     trainer.fit()
     assert trainer.epoch == 5 and (trainer.selection["rule"], trainer.selection["epoch"]) == ("val_acc", 2)
     with open(tmp_path / "log.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [float(r["val_acc"]) for r in rows] == [0.2, 0.6, 0.4, 0.3, 0.5]
-    final = trainer.method.state_dict()
+    final = trainer.method.model.state_dict()
     assert all(torch.equal(final[k], snapshots[1][k]) for k in final)  # the weights after epoch 2
     assert not all(torch.equal(final[k], snapshots[-1][k]) for k in final)
     again = finetune_trainer(tmp_path, lenet, epochs=6, patience=3)  # resuming a stopped run trains no more
     again.fit()
     assert again.epoch == 5 and again.selection == trainer.selection
-    assert all(torch.equal(again.method.state_dict()[k], final[k]) for k in final)
+    assert all(torch.equal(again.method.model.state_dict()[k], final[k]) for k in final)
 
 
 def test_label_budget_sizes():
