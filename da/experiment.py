@@ -83,6 +83,14 @@ def fit(
     resolved = OmegaConf.to_container(cfg, resolve=True)
     signature = fingerprint(resolved)
     main = distributed.is_main()  # rank 0 alone writes the run folder
+    set_deterministic(configs.trainer.deterministic)
+    # What can refuse the run (data, backbone, init weights, selection) is checked before the folder is touched:
+    # no stub folder is left behind. init=source builds again after its stage (same seed, cached task).
+    choice, tasks = init_choice(cfg, configs.method_cls), {}
+    parts = build_run(cfg, None if choice == "source" else choice, tasks=tasks)
+    rule = str(cfg.get("selection") or "last")
+    if parts.task.val is not None and rule != "last":
+        raise ConfigError(f"selection={rule}: an inductive run selects on its labelled validation split; use last")
     run_dir = distributed.broadcast_object(run_dir or default_run_dir(cfg))
     folder = locked_run_dir(run_dir) if main else contextlib.nullcontext(run_dir)
     with folder as run_dir, log_to_run_folder(run_dir) if main else contextlib.nullcontext():
@@ -90,13 +98,11 @@ def fit(
         resume_state = read_resumable(run_dir, signature) if configs.trainer.resume else None
         if main:
             write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(OmegaConf.create(resolved)))
-        set_deterministic(configs.trainer.deterministic)
-        init_path = resolve_init(cfg, configs.method_cls, run_dir, quiet)  # init=source: <run>/source_stage first
-        parts = build_run(cfg, init_path)
+        init_path = choice
+        if choice == "source":  # <run>/source_stage first, then the model from its weights
+            init_path = source_checkpoint(cfg, run_dir, quiet=quiet)
+            parts = build_run(cfg, init_path, tasks=tasks)
         method, task = parts.method, parts.task
-        rule = str(cfg.get("selection") or "last")
-        if task.val is not None and rule != "last":
-            raise ConfigError(f"selection={rule}: an inductive run selects on its labelled validation split; use last")
         trainer = Trainer(
             configs.trainer, method, task, run_dir, device, cfg.seed, signature, resume_state, rule, callbacks
         )
