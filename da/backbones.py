@@ -25,9 +25,15 @@ BACKBONES: Registry[Callable[..., tuple[nn.Module, int]]] = Registry("backbone")
 
 @dataclass
 class BackboneConfig:
+    """``backbone.*``: the schema of ``configs/backbone/<name>.yaml`` (each sets its name and what differs)."""
+
     name: str
-    weights: str | None = None  # torchvision weights enum name, e.g. IMAGENET1K_V1; None = random init
-    checkpoint: str | None = None  # deprecated: use the top-level init=<run folder or file> (da/build.py)
+    # torchvision weights enum name, e.g. IMAGENET1K_V1; None = random init; offline, put the file in
+    # $TORCH_HOME/hub/checkpoints
+    weights: str | None = None
+    # deprecated: use the top-level init=<run folder or file> (da/build.py); a run folder or checkpoint.pt of an
+    # earlier run, or a state_dict file (the backbone's weights alone)
+    checkpoint: str | None = None
     bottleneck_dim: int = 256  # 0 = no bottleneck
     bottleneck_dropout: float = 0.0
 

@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from da import checkpoint
 from da.backbones import BackboneConfig, ImageClassifier, build_model
-from da.config import TrainerConfig, check_top_level, to_dataclass
-from da.data import DATASETS, build_task
+from da.config import RunConfig, TrainerConfig, to_run_config
+from da.data import build_task
 from da.data.base import Task, hold_out_source_val
 from da.errors import ConfigError
 from da.methods import METHODS, Method, MethodConfig
@@ -38,18 +38,14 @@ class Configs:
     dataset: Any
     backbone: BackboneConfig
     trainer: TrainerConfig
+    run: RunConfig  # the whole config: the sections above and the top-level keys (seed, source_val, ...)
 
 
 def typed_configs(cfg: DictConfig) -> Configs:
-    check_top_level(cfg)
-    method_cls = METHODS.get(cfg.method.name)
-    return Configs(
-        method_cls=method_cls,
-        method=to_dataclass(cfg.method, method_cls.Config, "method"),
-        dataset=to_dataclass(cfg.dataset, DATASETS.get(cfg.dataset.name).config, "dataset"),
-        backbone=to_dataclass(cfg.backbone, BackboneConfig, "backbone"),
-        trainer=to_dataclass(cfg.trainer, TrainerConfig, "trainer"),
-    )
+    """``cfg`` as dataclasses, every key checked (:func:`da.config.to_run_config`): once per run — ``fit``
+    hands the result to :func:`build_run`."""
+    run = to_run_config(cfg)
+    return Configs(METHODS.get(run.method.name), run.method, run.dataset, run.backbone, run.trainer, run)
 
 
 @dataclass
@@ -120,14 +116,15 @@ def build_run(
     init_path: str | None = None,
     tasks: dict | None = None,
     pretrained: bool = True,
+    configs: Configs | None = None,
 ) -> RunParts:
     """Seed, build the task (``tasks`` caches tasks across calls, keyed by dataset config and seed), let the
     method reshape it, build the model, load its starting weights and wrap it in the method.
 
     ``pretrained=False`` skips downloading/reading backbone weights (they are about to be overwritten, e.g.
-    by a finished run's weights).
+    by a finished run's weights). ``configs``: ``typed_configs(cfg)`` when the caller has it already.
     """
-    configs = typed_configs(cfg)
+    configs = configs or typed_configs(cfg)
     seed = int(cfg.seed)
     seed_everything(seed)
     key = (repr(configs.dataset), seed)

@@ -27,14 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from da.config import unfingerprinted_keys
 from da.errors import ConfigError
 from da.runfolder import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
-#: Trainer keys that do not change what a run computes: left out of the config fingerprint, so a run folder
-#: can be resumed with another value (e.g. with the progress bar off).
-NOT_FINGERPRINTED = ("progress_bar", "resume", "tensorboard", "collapse_fraction", "data_on_device", "log_every")
 
 
 def save(obj: Any, path: str) -> None:
@@ -127,9 +125,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- resuming under the same config
 def fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
-    """The part of a resolved config that determines a run's numbers (a checkpoint resumes only under it)."""
-    out = {k: v for k, v in resolved.items() if k != "trainer"}
-    out["trainer"] = {k: v for k, v in resolved.get("trainer", {}).items() if k not in NOT_FINGERPRINTED}
+    """The part of a resolved config that determines a run's numbers (a checkpoint resumes only under it): all
+    of it but the keys whose dataclass field is marked as changing no number (``da.config.unfingerprinted``:
+    the progress bar, TensorBoard, ...), so a run folder resumes with another value of those."""
+    out = dict(resolved)
+    for key in unfingerprinted_keys(resolved):
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:  # copy the path down to the key: ``resolved`` stays as it was
+            if not isinstance(node.get(part), dict):
+                break
+            node[part] = dict(node[part])
+            node = node[part]
+        else:
+            node.pop(leaf, None)
     return out
 
 

@@ -1,21 +1,47 @@
-"""Loading and checking configs: Hydra composes them, typed dataclasses reject unknown keys and bad values."""
+"""The configuration's one source of truth: typed dataclasses, registered as Hydra structured configs.
+
+:class:`RunConfig` is the root; its ``method``, ``backbone`` and ``dataset`` sections are each method's nested
+``Config`` (``da/methods/``), :class:`~da.backbones.BackboneConfig` and each dataset's config (``da/data/``),
+and ``trainer`` is :class:`TrainerConfig`. The dataclasses hold every default and every check (``__post_init__``,
+one :class:`~da.errors.ConfigError` line each); :func:`register_configs` stores them in Hydra's ConfigStore as
+``schema/run``, ``schema/backbone``, ``schema/method/<name>`` and ``schema/dataset/<name>``, and the YAML files
+under ``configs/`` name their schema in their defaults list and hold only what they change. A composed config
+is therefore typed while it is composed (a value of the wrong type is refused at once), and
+:func:`to_run_config` turns it into the dataclasses once per run, rejecting unknown keys, non-finite numbers and
+what the ``__post_init__`` checks refuse.
+
+A field that changes no number (the progress bar, TensorBoard, ...) is declared with :func:`unfingerprinted`:
+the resume fingerprint (``da.checkpoint.fingerprint``) leaves out every key so marked.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from da.errors import ConfigError
+from da.backbones import BackboneConfig
+from da.data import DATASETS
+from da.errors import ConfigError, one_line
+from da.methods import METHODS
+from da.validators import VALIDATORS
 
 T = TypeVar("T")
 LR_SCHEDULES = ("dann", "cosine", "constant")
 DATA_ON_DEVICE = ("auto", "true", "false")
+#: Field metadata key: ``False`` marks a key that changes no number (left out of the resume fingerprint).
+FINGERPRINT = "fingerprint"
+
+
+def unfingerprinted(default: Any) -> Any:
+    """A field that changes no number a run computes: a run folder resumes under another value of it."""
+    return field(default=default, metadata={FINGERPRINT: False})
 
 
 @dataclass
@@ -27,22 +53,27 @@ class TrainerConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    lr_schedule: str = "dann"  # dann: lr / (1 + gamma p)^decay (arXiv 1505.07818); cosine; constant
+    lr_schedule: str = "dann"  # dann: lr / (1 + gamma p)^decay, Ganin et al. arXiv 1505.07818; cosine; constant
     lr_gamma: float = 10.0
     lr_decay: float = 0.75
-    amp: bool = True  # mixed precision: bf16 (fp16 on GPUs without bf16) on CUDA and on CPUs with native bf16
+    # bf16 autocast on CUDA (fp16 where bf16 is missing) and on CPUs with AVX512-BF16/AMX; false: float32
+    amp: bool = True
     num_workers: int = 0  # > 0: per-sample DataLoader workers instead of the batched in-memory path
-    data_on_device: str = "auto"  # auto: images live on the accelerator when they fit; true; false (pinned host)
+    # auto: the images live on the accelerator when they fit (else pinned host memory); true; false
+    data_on_device: str = unfingerprinted("auto")
     channels_last: bool = True  # NHWC memory format for convolutional backbones (faster on GPU and CPU)
     compile: bool = False  # torch.compile the model (first steps slower while it compiles)
-    log_every: int = 25  # steps between host reads of the losses (progress bar, finiteness check, TensorBoard)
+    # steps between host reads of the losses (progress bar, non-finite check, TensorBoard)
+    log_every: int = unfingerprinted(25)
     sync_bn: bool = False  # under torchrun: BatchNorm -> SyncBatchNorm (statistics over every rank's batch)
     eval_batch_size: int = 256
-    progress_bar: bool = True  # a bar on a terminal, one line per epoch otherwise
-    resume: bool = True  # continue from checkpoint.pt when the run folder already holds one
-    deterministic: bool = False  # torch.use_deterministic_algorithms + deterministic cuDNN (slower on GPU)
-    tensorboard: bool = False  # also write per-step losses and per-epoch metrics to <run>/tensorboard
-    collapse_fraction: float = 0.85  # warn when the target's predicted-class entropy falls below this x its peak
+    progress_bar: bool = unfingerprinted(True)  # a bar on a terminal, one line per epoch when stdout is a file
+    resume: bool = unfingerprinted(True)  # continue from the run folder's checkpoint.pt (refused under another config)
+    # torch.use_deterministic_algorithms + deterministic cuDNN (exact reruns on GPU, slower)
+    deterministic: bool = False
+    # warn (and record results.json "collapse") when the target's predicted-class entropy falls below this x its peak
+    collapse_fraction: float = unfingerprinted(0.85)
+    tensorboard: bool = unfingerprinted(False)  # also write <run>/tensorboard (pip install 'da[tensorboard]')
 
     def __post_init__(self) -> None:
         self.data_on_device = str(self.data_on_device).lower()
@@ -78,18 +109,50 @@ def lr_at(cfg: TrainerConfig, progress: float) -> float:
     return cfg.lr
 
 
-TOP_LEVEL_KEYS = (
-    "method",
-    "dataset",
-    "backbone",
-    "trainer",
-    "seed",
-    "device",
-    "data_root",
-    "init",
-    "selection",
-    "source_val",
-)
+@dataclass
+class RunConfig:
+    """The root: one run's whole configuration (``configs/config.yaml`` picks the groups' options)."""
+
+    method: Any = MISSING  # the method's Config (da/methods/<name>.py)
+    backbone: Any = MISSING  # BackboneConfig (da/backbones.py)
+    dataset: Any = MISSING  # the dataset's config (da/data/)
+    seed: int = 0
+    device: str = "auto"  # auto = CUDA, then MPS, then CPU
+    data_root: str = "${oc.env:DA_DATA_ROOT,'~/data'}"  # where real datasets live (env DA_DATA_ROOT)
+    # fraction of the labelled source train split held out (stratified, fixed split) for dev/devn/source_val
+    source_val: float = 0.1
+    # the reported checkpoint: last, or the epoch a label-free validator scores best (im, snd, ...)
+    selection: str = "last"
+    # starting model: null = the method's default, scratch, source (train it first), or a run folder/file
+    init: str | None = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not 0 <= self.source_val < 0.5:
+            raise ConfigError(f"source_val must be a fraction in [0, 0.5), got {self.source_val!r}")
+        if self.selection != "last" and self.selection not in VALIDATORS:
+            raise ConfigError(f"unknown selection {self.selection!r}; valid: last, {', '.join(VALIDATORS)}")
+
+
+TOP_LEVEL_KEYS = tuple(f.name for f in fields(RunConfig))
+
+
+def register_configs() -> None:
+    """Store the dataclasses in Hydra's ConfigStore, where the YAML files' defaults lists find them:
+    ``schema/run`` (the root), ``schema/backbone``, ``schema/method/<name>`` and ``schema/dataset/<name>`` for
+    every registered method and dataset. Done when this module is imported and again before each
+    :func:`compose` (a method registered later, e.g. in a notebook, is then found too)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(group="schema", name="run", node=RunConfig)
+    store.store(group="schema", name="backbone", node=BackboneConfig)
+    for name in METHODS.names():
+        store.store(group="schema/method", name=name, node=METHODS.get(name).Config(name=name))
+    for name in DATASETS.names():
+        store.store(group="schema/dataset", name=name, node=DATASETS.get(name).config)
 
 
 def config_dir() -> str:
@@ -116,18 +179,30 @@ def compose(overrides: list[str] | None = None, return_hydra_config: bool = Fals
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = list(overrides or [])
+    register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
     except Exception as err:  # Hydra's errors are multi-line; keep the first meaningful line
-        message = one_line(err)
-        match = re.match(r"Could not override '([^']+)'", message)
-        if match:
-            message = _unknown_key(match.group(1), overrides)
-        raise ConfigError(message) from err
+        raise ConfigError(_compose_error(err, overrides)) from err
     finally:
         GlobalHydra.instance().clear()
+
+
+def _compose_error(err: BaseException, overrides: list[str]) -> str:
+    """One line for Hydra's error: an unknown key lists the valid ones; a value the schema refuses says why."""
+    message = one_line(err)
+    match = re.match(r"Could not override '([^']+)'", message)
+    if match:
+        return _unknown_key(match.group(1), overrides)
+    cause = err.__cause__
+    while cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    match = re.match(r"Error merging override (\S+?)=", message)
+    if match and cause is not None and str(cause).strip():
+        return f"invalid value for {match.group(1)}: {str(cause).strip().splitlines()[0]}"
+    return message
 
 
 def _unknown_key(key: str, overrides: list[str]) -> str:
@@ -147,38 +222,113 @@ def _unknown_key(key: str, overrides: list[str]) -> str:
     return f"unknown key {key!r}" + (f"; valid keys of {where}: {valid}" if valid else "")
 
 
-def one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return " ".join(lines[:3]) if lines else type(err).__name__
+def _plain(node: Any) -> Any:
+    """A config section as plain containers, interpolations resolved."""
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node) if isinstance(node, dict) else node
 
 
-def to_dataclass(node: Any, cls: type[T], where: str) -> T:
-    """``node`` (a config section) as an instance of dataclass ``cls``; unknown keys and bad types fail."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    unknown = [k for k in data if k not in known]
-    if unknown:
-        raise ConfigError(f"unknown key {where}.{unknown[0]}; valid keys of {where}: {', '.join(known)}")
+def _dotted(where: str, key: Any) -> str:
+    return ".".join(str(k) for k in (where, key) if k not in (None, ""))
+
+
+def check_finite(value: Any, key: str) -> None:
+    """Every float in ``value`` (a config section as plain containers) is finite: NaN and inf are one
+    ConfigError naming the key (a NaN weight or an infinite decay would otherwise train on, or fail later under
+    another key's name)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, _dotted(key, k))
+    elif isinstance(value, list | tuple):
+        if any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            raise ConfigError(f"{key} must hold finite numbers, got {list(value)}")
+        for v in value:
+            check_finite(v, key)
+
+
+def to_dataclass(node: Any, cls: type[T], where: str, sections: dict[str, type] | None = None) -> T:
+    """``node`` (a config section) as an instance of dataclass ``cls``: unknown keys, values of the wrong type,
+    non-finite numbers and what ``__post_init__`` refuses are one ConfigError naming the key. ``sections``: the
+    dataclass of each ``Any`` field that holds a section (the root's method, backbone and dataset)."""
+    schema = OmegaConf.structured(cls)
+    for key, section in (sections or {}).items():
+        schema[key] = OmegaConf.structured(section)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), data)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        merged = OmegaConf.merge(schema, _plain(node))
+    except (ConfigKeyError, ConfigAttributeError) as err:  # a key the dataclass (or a section's) does not have
+        parent, _, leaf = str(err.full_key or getattr(err, "key", "")).rpartition(".")
+        holder = OmegaConf.select(schema, parent) if parent else schema
+        valid = ", ".join(str(k) for k in holder) if isinstance(holder, DictConfig) else ""
+        if not parent and not where:
+            raise ConfigError(f"unknown config key {leaf!r}; valid top-level keys: {valid}") from err
+        message = f"unknown key {_dotted(where, err.full_key)}; valid keys of {_dotted(where, parent)}: {valid}"
+        raise ConfigError(message) from err
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or getattr(err, "key", "")
-        raise ConfigError(f"invalid value for {where}.{key}: {one_line(err)}") from err
+        key = _dotted(where, getattr(err, "full_key", None) or getattr(err, "key", ""))
+        raise ConfigError(f"invalid value for {key}: {one_line(err)}") from err
+    check_finite(OmegaConf.to_container(merged), where)
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"missing value for {_dotted(where, err.full_key)}") from err
+    except OmegaConfBaseException as err:
+        key = _dotted(where, getattr(err, "full_key", None) or getattr(err, "key", ""))
+        raise ConfigError(f"invalid value for {key}: {one_line(err)}") from err
 
 
-def check_top_level(cfg: DictConfig) -> None:
-    unknown = [k for k in cfg if k not in TOP_LEVEL_KEYS]
-    if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r}; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
-    selection = cfg.get("selection", "last")
-    if selection is not None and selection != "last":
-        from da.validators import VALIDATORS
+def section_classes(cfg: Any) -> dict[str, type]:
+    """The dataclass of each named section of ``cfg`` (a config or its plain containers): the registered
+    method's ``Config``, the dataset's config and :class:`~da.backbones.BackboneConfig`. A name that is not
+    registered is a ConfigError listing the valid ones; a section without a name is left to the schema."""
+    lookups = {
+        "method": lambda name: METHODS.get(name).Config,
+        "backbone": lambda name: BackboneConfig,
+        "dataset": lambda name: DATASETS.get(name).config,
+    }
+    out = {}
+    for key, lookup in lookups.items():
+        section = cfg.get(key) if hasattr(cfg, "get") else None
+        name = section.get("name") if hasattr(section, "get") else None
+        if isinstance(name, str):
+            out[key] = lookup(name)
+    return out
 
-        if selection not in VALIDATORS:
-            raise ConfigError(f"unknown selection {selection!r}; valid: last, {', '.join(VALIDATORS)}")
-    fraction = cfg.get("source_val", 0.0)
-    if not isinstance(fraction, int | float) or not 0 <= fraction < 0.5:
-        raise ConfigError(f"source_val must be a fraction in [0, 0.5), got {fraction!r}")
-    if not isinstance(cfg.get("seed"), int) or cfg.seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {cfg.get('seed')!r}")
+
+def to_run_config(cfg: Any) -> RunConfig:
+    """A composed config (or its plain containers, e.g. a run folder's config.yaml) as a :class:`RunConfig`,
+    every section typed and checked: the one conversion of a run (``da.build.typed_configs`` calls it)."""
+    data = _plain(cfg)
+    return to_dataclass(data, RunConfig, "", section_classes(data))
+
+
+def _marked(cls: type, prefix: str) -> list[str]:
+    """Dotted keys of the fields of dataclass ``cls`` (and its dataclass-typed fields) marked ``unfingerprinted``."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.metadata.get(FINGERPRINT, True) is False:
+            out.append(prefix + f.name)
+        elif is_dataclass(hints.get(f.name)):
+            out.extend(_marked(hints[f.name], f"{prefix}{f.name}."))
+    return out
+
+
+def unfingerprinted_keys(resolved: dict[str, Any]) -> list[str]:
+    """The dotted keys of ``resolved`` (a resolved run config) that change no number: the fields declared with
+    :func:`unfingerprinted` in :class:`RunConfig`, :class:`TrainerConfig` and the config's sections' dataclasses
+    (sections whose name is not registered are skipped)."""
+    keys = _marked(RunConfig, "")
+    for key in ("method", "backbone", "dataset"):
+        try:
+            cls = section_classes({key: resolved.get(key)}).get(key)
+        except ConfigError:
+            continue
+        if cls is not None:
+            keys.extend(_marked(cls, f"{key}."))
+    return keys
+
+
+register_configs()

@@ -87,7 +87,7 @@ def fit(
     # What can refuse the run (data, backbone, init weights, selection) is checked before the folder is touched:
     # no stub folder is left behind. init=source builds again after its stage (same seed, cached task).
     choice, tasks = init_choice(cfg, configs.method_cls), {}
-    parts = build_run(cfg, None if choice == "source" else choice, tasks=tasks)
+    parts = build_run(cfg, None if choice == "source" else choice, tasks=tasks, configs=configs)
     rule = str(cfg.get("selection") or "last")
     if parts.task.val is not None and rule != "last":
         raise ConfigError(f"selection={rule}: an inductive run selects on its labelled validation split; use last")
@@ -101,7 +101,7 @@ def fit(
         init_path = choice
         if choice == "source":  # <run>/source_stage first, then the model from its weights
             init_path = source_checkpoint(cfg, run_dir, quiet=quiet)
-            parts = build_run(cfg, init_path, tasks=tasks)
+            parts = build_run(cfg, init_path, tasks=tasks, configs=configs)
         method, task = parts.method, parts.task
         trainer = Trainer(
             configs.trainer, method, task, run_dir, device, cfg.seed, signature, resume_state, rule, callbacks

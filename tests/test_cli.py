@@ -50,6 +50,9 @@ def test_invalid_value_fails_with_one_line(tmp_path):
     assert "trainer.epochs" in line
     line = _one_line_error(run_cli("dataset.source=svhn", cwd=str(tmp_path)))
     assert "svhn" in line
+    line = _one_line_error(run_cli("method.trade_off=nan", cwd=str(tmp_path)))  # refused before any folder
+    assert line == "error: method.trade_off must be a finite number, got nan"
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_installed_wheel_ships_its_configs(tmp_path):

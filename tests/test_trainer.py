@@ -90,6 +90,8 @@ def test_dann_lr_schedule():
         ("dataset.target=mnist", "dataset.target for digits"),
         ("trainer.batch_size=abc", "invalid value for trainer.batch_size"),
         ("device=tpu", "invalid device"),
+        ("trainer.lr_decay=inf", "trainer.lr_decay must be a finite number, got inf"),  # would train at lr 0
+        ("trainer.weight_decay=nan", "trainer.weight_decay must be a finite number, got nan"),
     ],
 )
 def test_invalid_values_raise_config_errors(tmp_path, override, message):

@@ -27,9 +27,9 @@ class DigitsConfig:
     name: str = "digits"
     source: str = "fonts"  # fonts | sklearn | sklearn_inverted
     target: str = "sklearn"  # sklearn | fonts | sklearn_inverted (the hard shift: inverted intensities)
-    image_size: int = 28
-    samples_per_class: int = 500  # synthetic images per digit
-    target_test_fraction: float = 0.3
+    image_size: int = 28  # both domains are 8x8 and resized to this size
+    samples_per_class: int = 500  # synthetic images per digit, generated from the seed
+    target_test_fraction: float = 0.3  # fixed, stratified split of load_digits held out for evaluation
     source_test_fraction: float = 0.2
 
     def __post_init__(self) -> None:

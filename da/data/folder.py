@@ -37,7 +37,7 @@ LAYOUTS = ("domains", "classes")
 @dataclass
 class FolderConfig:
     name: str = "folder"
-    root: str | None = None  # the tree; relative paths are tried against the cwd, then data_root
+    root: str | None = None  # required: the tree; a relative path is tried against the cwd, then data_root
     source: str | None = None  # a domain folder under root (layout=domains)
     target: str | None = None  # == source: one domain split into train/test
     layout: str = "domains"  # domains: <root>/<domain>/<class>/*; classes: <root>/<class>/* (one domain)

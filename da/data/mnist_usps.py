@@ -22,9 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from da.config import one_line
 from da.data.base import LabelledTensors, Task, transductive_task
-from da.errors import ConfigError, DataError
+from da.errors import ConfigError, DataError, one_line
 
 DOMAINS = ("mnist", "usps")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -39,7 +38,7 @@ class MnistUspsConfig:
     source: str = "mnist"  # mnist | usps
     target: str = "usps"  # usps | mnist; == source: train-on-target reference on the same test split
     image_size: int = 28  # both domains are resized to this (MNIST is 28x28, USPS 16x16)
-    download: bool = True  # fetch missing files with torchvision's downloader
+    download: bool = True  # fetch missing files (torchvision's mirrors); offline: one line says what to put where
 
     def __post_init__(self) -> None:
         for key in ("source", "target"):

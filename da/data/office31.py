@@ -29,11 +29,10 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from da.config import one_line
 from da.data.base import Task
 from da.data.folder import FolderConfig, check_sizes, one_domain_task, two_domain_task
 from da.data.images import IMAGE_EXTENSIONS, image_files, subfolders
-from da.errors import ConfigError, DataError
+from da.errors import ConfigError, DataError, one_line
 from da.runfolder import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -52,11 +51,16 @@ class Office31Config:
     name: str = "office31"
     source: str = "amazon"  # amazon | dslr | webcam
     target: str = "webcam"
-    resize: int = 256
+    resize: int = 256  # decoded once to 256x256 uint8 and held in memory
+    # random crop + horizontal flip for training, centre crop for evaluation; ImageNet normalisation
     crop: int = 224
-    download: bool = True  # try dataset.url when the images are not under <data_root>/office31
-    url: str | None = "https://drive.google.com/uc?id=0B4IapRTv9pJ1WGZVd1VDMmhwdlE"  # the authors' archive
-    md5: str | None = "1b536d114869a5a8aa4580b89e9758fb"  # of the archive, as DeepMind's dm_nevis lists it
+    # when the images are missing: extract <data_root>/office31/domain_adaptation_images.tar.gz, else download it
+    # from url (checked against md5)
+    download: bool = True
+    # the authors' Google Drive file (needs gdown); it could not be verified from an offline machine: when it
+    # fails, one line says what to put where
+    url: str | None = "https://drive.google.com/uc?id=0B4IapRTv9pJ1WGZVd1VDMmhwdlE"
+    md5: str | None = "1b536d114869a5a8aa4580b89e9758fb"  # as DeepMind's dm_nevis lists it; null skips the check
 
     def __post_init__(self) -> None:
         for key in ("source", "target"):

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from da import augment_tensor, losses
 from da.errors import ConfigError
-from da.methods.base import METHODS, EpochContext, Method
-from da.methods.fixmatch import ConsistencyConfig
+from da.methods.base import METHODS, EpochContext, Method, MethodConfig
+from da.methods.fixmatch import check_views
 
 
 @METHODS.register("adamatch")
@@ -36,14 +36,26 @@ class AdaMatch(Method):
     smoke_overrides = ("method.warmup=false",)  # the registry smoke test checks that a fixed loss goes down
 
     @dataclass
-    class Config(ConsistencyConfig):  # trade_off: the target loss weight at the end of the warm-up (μ(t) -> 1)
-        tau: float = 0.9  # relative confidence threshold (paper, Sec. 3.3 and Table 7)
-        distribution_alignment: bool = True  # paper, Sec. 3.2
-        random_logit_interpolation: bool = True  # paper, Sec. 3.1
+    class Config(MethodConfig):
+        backbone_lr_factor: float = 1.0  # backbone lr = trainer.lr * factor
+        # relative confidence threshold: tau x mean source confidence (paper, Sec. 3.3; Table 7 uses 0.9)
+        tau: float = 0.9
+        trade_off: float = 1.0  # target-loss weight after the warm-up (paper: mu(t) rises to 1)
+        # target marginal aligned to the source's (paper, Sec. 3.2; ReMixMatch, arXiv 1911.09785)
+        distribution_alignment: bool = True
+        # source logits mixed between joint and source-only batch norm (paper, Sec. 3.1)
+        random_logit_interpolation: bool = True
         warmup: bool = True  # μ(t) = 1/2 − cos(min(π, 2πt/T))/2 (paper, Sec. 3.4); false: μ = 1
+        # weak view: random translation up to 12.5% of the side (FixMatch, arXiv 2001.07685, Sec. 2.3)
+        weak_shift: float = 0.125
+        # weak view flip: off for digits (a flipped digit is another glyph); the paper flips natural images
+        hflip: bool = False
+        strong_ops: int = 2  # RandAugment ops per image (FixMatch's strong view; the paper uses RandAugment too)
+        cutout: float = 0.5  # Cutout square side as a fraction of the image side (FixMatch, Table 12)
 
         def __post_init__(self) -> None:
             super().__post_init__()
+            check_views(self)
             if not 0.0 <= self.tau <= 1.0:
                 raise ConfigError(f"method.tau must be in [0, 1], got {self.tau}")
 

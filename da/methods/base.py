@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 @dataclass
 class MethodConfig:
     """Hyper-parameters shared by every method. Each method nests its own ``Config`` dataclass subclassing this
-    (or :class:`AdaptationConfig`), with its defaults — equal to ``configs/method/<name>.yaml``, which a test
-    checks value for value — and its value checks in ``__post_init__`` (one ``ConfigError`` line each)."""
+    (or :class:`AdaptationConfig`): its keys in the order ``--cfg job`` prints them, their defaults with their
+    sources, and its value checks in ``__post_init__`` (one ``ConfigError`` line each). It is the method's
+    structured config (``schema/method/<name>``, ``da.config.register_configs``): ``configs/method/<name>.yaml``
+    names it and holds no values. ``name`` is the registry's."""
 
     name: str
     backbone_lr_factor: float = 1.0  # the backbone's lr = trainer.lr * factor (0.1 for pretrained backbones)

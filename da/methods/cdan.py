@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from da import losses
 from da.backbones import ImageClassifier
 from da.errors import ConfigError
-from da.methods.base import METHODS, JointAdaptation
-from da.methods.dann import AdversarialConfig, DomainDiscriminator, discriminator_width
+from da.methods.base import METHODS, AdaptationConfig, JointAdaptation
+from da.methods.dann import DomainDiscriminator, check_adversarial, discriminator_width
 
 
 @METHODS.register("cdan")
@@ -23,13 +23,22 @@ class CDAN(JointAdaptation):
     """
 
     @dataclass
-    class Config(AdversarialConfig):
-        entropy: bool = True  # CDAN+E
+    class Config(AdaptationConfig):
+        backbone_lr_factor: float = 1.0  # lenet trains from scratch; TLlib uses 0.1 for a pretrained ResNet-50 backbone
+        trade_off: float = 1.0  # TLlib cdan.py default --trade-off 1.0 (Office-31 script)
+        entropy: bool = True  # CDAN+E: weight each sample by 1 + exp(-H(g)); TLlib's Office-31 script passes -E
+        # the multilinear map f (x) g; true = randomized map (the paper's CDAN-RM), TLlib default false
         randomized: bool = False
-        randomized_dim: int = 1024
+        randomized_dim: int = 1024  # width of the randomized map: TLlib cdan.py default --randomized-dim 1024
+        # lambda_p = 2 / (1 + exp(-gamma p)) - 1: DANN's schedule, which the CDAN paper adopts (Sec. 4)
+        grl_gamma: float = 10.0
+        grl_high: float = 1.0  # lambda_p's final value (TLlib WarmStartGradientReverseLayer hi=1)
+        # discriminator width; null = 1024 for >=1024-d backbones (TLlib), else 500 (ADDA's digits discriminator)
+        hidden_dim: int | None = None
 
         def __post_init__(self) -> None:
             super().__post_init__()
+            check_adversarial(self)
             if self.randomized_dim < 1:
                 raise ConfigError(f"method.randomized_dim must be >= 1, got {self.randomized_dim}")
 

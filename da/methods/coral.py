@@ -17,7 +17,13 @@ class DeepCORAL(JointAdaptation):
 
     @dataclass
     class Config(AdaptationConfig):
-        layer: str = "logits"  # logits (the paper's fc8) or features (the bottleneck)
+        # lenet trains from scratch; 0.1 for a pretrained backbone (the paper: new fc8 at 10x the lr)
+        backbone_lr_factor: float = 1.0
+        # lambda: the paper sets it so that classification and CORAL losses are about equal at the end; 1.0 is
+        # DomainBed's CORAL default (mmd_gamma=1)
+        trade_off: float = 1.0
+        # the paper applies CORAL to the last classification layer (fc8), Sec. 4.1; or `features` (bottleneck)
+        layer: str = "logits"
 
         def __post_init__(self) -> None:
             super().__post_init__()

@@ -15,7 +15,10 @@ class DAN(JointAdaptation):
 
     @dataclass
     class Config(AdaptationConfig):
-        alphas: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0, 2.0])  # 2^-3 .. 2^1
+        backbone_lr_factor: float = 1.0  # lenet trains from scratch; TLlib uses 0.1 for a pretrained ResNet-50 backbone
+        trade_off: float = 1.0  # TLlib dan.py default --trade-off 1.0 (Office-31 script)
+        # Gaussian kernels with bandwidth alpha * mean squared distance, alpha = 2^-3 .. 2^1: TLlib dan.py
+        alphas: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0, 2.0])
 
         def __post_init__(self) -> None:
             super().__post_init__()

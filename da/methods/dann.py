@@ -42,20 +42,12 @@ def discriminator_width(model: ImageClassifier, hidden_dim: int | None) -> int:
     return 1024 if backbone_dim >= 1024 else 500
 
 
-@dataclass
-class AdversarialConfig(AdaptationConfig):
-    """Shared by the adversarial methods (DANN, CDAN): the GRL schedule and the discriminator width."""
-
-    grl_gamma: float = 10.0  # γ in λ_p
-    grl_high: float = 1.0  # λ_p's final value
-    hidden_dim: int | None = None  # discriminator width; None = sized to the backbone
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.grl_gamma <= 0 or self.grl_high < 0:
-            raise ConfigError("method.grl_gamma must be > 0 and method.grl_high >= 0")
-        if self.hidden_dim is not None and self.hidden_dim < 1:
-            raise ConfigError(f"method.hidden_dim must be >= 1 or null, got {self.hidden_dim}")
+def check_adversarial(cfg) -> None:
+    """The checks of the adversarial methods' shared keys (DANN, CDAN): the GRL schedule, the discriminator."""
+    if cfg.grl_gamma <= 0 or cfg.grl_high < 0:
+        raise ConfigError("method.grl_gamma must be > 0 and method.grl_high >= 0")
+    if cfg.hidden_dim is not None and cfg.hidden_dim < 1:
+        raise ConfigError(f"method.hidden_dim must be >= 1 or null, got {cfg.hidden_dim}")
 
 
 @METHODS.register("dann")
@@ -67,8 +59,19 @@ class DANN(JointAdaptation):
     """
 
     @dataclass
-    class Config(AdversarialConfig):
-        pass
+    class Config(AdaptationConfig):
+        backbone_lr_factor: float = 1.0  # lenet trains from scratch; TLlib uses 0.1 for a pretrained ResNet-50 backbone
+        trade_off: float = 1.0  # weight of the domain loss: TLlib dann.py default --trade-off 1.0 (Office-31 script)
+        grl_gamma: float = 10.0  # lambda_p = 2 / (1 + exp(-gamma p)) - 1 with gamma = 10: the paper, Sec. 5.2.2
+        # lambda_p's final value: the paper's schedule goes 0 -> 1 (TLlib WarmStartGradientReverseLayer hi=1)
+        grl_high: float = 1.0
+        # discriminator width, 2 hidden layers; null = 1024 for >=1024-d backbones (TLlib, ResNet-50), else 500
+        # (ADDA's digits discriminator, arXiv 1702.05464)
+        hidden_dim: int | None = None
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            check_adversarial(self)
 
     def __init__(self, model: ImageClassifier, cfg: Config, num_classes: int) -> None:
         super().__init__(model, cfg, num_classes)

@@ -106,21 +106,27 @@ class Finetune(Method):
     @dataclass
     class Config(MethodConfig):
         name: str = "finetune"
-        backbone_lr_factor: float = 0.1  # full / partial: backbone lr = trainer.lr * factor
-        strategy: str = "full"  # feature_extraction | partial | full
-        unfreeze_blocks: int = 1  # partial: how many of the backbone's last blocks train
-        head_hidden: list[int] = field(default_factory=lambda: [256])  # widths of the new head's hidden layers
+        backbone_lr_factor: float = 0.1  # full / partial: backbone lr = trainer.lr * factor (discriminative lrs)
+        strategy: str = "full"  # feature_extraction (frozen backbone, BN statistics too) | partial | full
+        # partial: the last N blocks train (lenet: 2 conv stages; resnet: stem, layer1..4; vgg: 5)
+        unfreeze_blocks: int = 1
+        # hidden widths of the new head ([] = linear classifier on the backbone's features)
+        head_hidden: list[int] = field(default_factory=lambda: [256])
         head_dropout: float = 0.5
         head_batchnorm: bool = True
         label_smoothing: float = 0.0
         l1: float = 0.0  # weight of the L1 norm of the trainable weights
-        l2sp_alpha: float = 0.0  # L2-SP: alpha/2 ||w - w0||^2 on the pretrained backbone (arXiv 1802.01483)
-        l2sp_beta: float = 0.0  # L2-SP: beta/2 ||w||^2 on the new head
-        labels_per_class: int | None = 10  # labelled target images per class (train + val); null: label_fraction
-        label_fraction: float | None = None  # or this fraction of each class of the target pool
-        val_fraction: float = 0.2  # of the label budget, held out for early stopping; 0 = none (last epoch)
-        augment: Any = "none"  # none | flip | crop | color | randaugment, or a list (see da/data/augment.py)
-        patience: int | None = 10  # epochs without validation improvement before stopping; null = never stop
+        l2sp_alpha: float = 0.0  # L2-SP (arXiv 1802.01483): alpha/2 ||w - w0||^2 on the pretrained backbone
+        l2sp_beta: float = 0.0  # L2-SP: beta/2 ||w||^2 on the new head (use with trainer.weight_decay=0)
+        # labelled target images per class, validation included; null to use label_fraction
+        labels_per_class: int | None = 10
+        label_fraction: float | None = None  # or this fraction of each class of the target's train split
+        val_fraction: float = 0.2  # of the label budget, for early stopping (0 = no validation, report the last epoch)
+        # none | flip | crop | color | randaugment, or a list [crop, color] (da/data/augment.py); flip is refused
+        # for digits
+        augment: Any = "none"
+        # epochs without validation improvement before stopping (best weights restored); null = never
+        patience: int | None = 10
 
         def __post_init__(self) -> None:
             super().__post_init__()

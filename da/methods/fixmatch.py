@@ -24,22 +24,12 @@ from da.errors import ConfigError
 from da.methods.base import METHODS, EpochContext, Method, MethodConfig
 
 
-@dataclass
-class ConsistencyConfig(MethodConfig):
-    """The weak and strong views and the consistency weight, shared by FixMatch and AdaMatch."""
-
-    trade_off: float = 1.0  # weight of the consistency loss
-    weak_shift: float = 0.125  # weak view: random translation, as a fraction of the side
-    hflip: bool = False  # weak view flip (never for glyphs: a flipped digit is another glyph)
-    strong_ops: int = 2  # RandAugment ops per image
-    cutout: float = 0.5  # Cutout square side as a fraction of the image side
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.trade_off < 0 or self.strong_ops < 0:
-            raise ConfigError("method.trade_off and method.strong_ops must be >= 0")
-        if not 0.0 <= self.weak_shift < 1.0 or not 0.0 <= self.cutout < 1.0:
-            raise ConfigError("method.weak_shift and method.cutout are fractions of the side, in [0, 1)")
+def check_views(cfg) -> None:
+    """The checks of the keys FixMatch and AdaMatch share: the consistency weight, the weak and strong views."""
+    if cfg.trade_off < 0 or cfg.strong_ops < 0:
+        raise ConfigError("method.trade_off and method.strong_ops must be >= 0")
+    if not 0.0 <= cfg.weak_shift < 1.0 or not 0.0 <= cfg.cutout < 1.0:
+        raise ConfigError("method.weak_shift and method.cutout are fractions of the side, in [0, 1)")
 
 
 @METHODS.register("fixmatch")
@@ -47,15 +37,27 @@ class FixMatch(Method):
     """Source CE + confidence-masked weak-to-strong consistency on the target; arXiv 2001.07685."""
 
     @dataclass
-    class Config(ConsistencyConfig):
-        threshold: float = 0.95
-        source_epochs: int | None = None
-        source_label_smoothing: float = 0.0
-        distribution_alignment: bool = False  # align the target's predicted marginal to the source's (ReMixMatch)
-        class_thresholds: bool = False  # FlexMatch's per-class thresholds instead of one fixed threshold
+    class Config(MethodConfig):
+        backbone_lr_factor: float = 1.0  # backbone lr = trainer.lr * factor
+        threshold: float = 0.95  # tau: confidence of the weak view needed to pseudo-label (paper, Sec. 2.2, Table 8)
+        trade_off: float = 1.0  # lambda_u, weight of the consistency loss (paper's 1; TLlib's --trade-off 1)
+        weak_shift: float = 0.125  # weak view: random translation up to 12.5% of the side (paper, Sec. 2.3)
+        # weak view flip: the paper flips natural images; a flipped digit is another glyph, so off here
+        hflip: bool = False
+        strong_ops: int = 2  # RandAugment ops per image, random magnitude (paper, Sec. 2.3; TLlib rand-m10-n2)
+        # Cutout square side as a fraction of the image side (paper's RandAugment variant, Table 12)
+        cutout: float = 0.5
+        source_epochs: int | None = None  # source stage epochs (null = trainer.epochs)
+        source_label_smoothing: float = 0.0  # source stage CE label smoothing
+        # reweight target weak-view probabilities by source/target predicted class marginals (ReMixMatch arXiv
+        # 1911.09785; AdaMatch arXiv 2106.04732); not in the FixMatch paper
+        distribution_alignment: bool = False
+        # FlexMatch per-class thresholds (arXiv 2110.08263, Eq. 6-7, with its warm-up) instead of one fixed threshold
+        class_thresholds: bool = False
 
         def __post_init__(self) -> None:
             super().__post_init__()
+            check_views(self)
             if not 0.0 <= self.threshold <= 1.0:
                 raise ConfigError(f"method.threshold must be in [0, 1], got {self.threshold}")
 

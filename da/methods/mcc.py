@@ -15,7 +15,9 @@ class MCC(JointAdaptation):
 
     @dataclass
     class Config(AdaptationConfig):
-        temperature: float = 2.5
+        backbone_lr_factor: float = 1.0  # lenet trains from scratch; TLlib uses 0.1 for a pretrained ResNet-50 backbone
+        trade_off: float = 1.0  # TLlib mcc.py default --trade-off 1.0 (Office-31 script); the paper's lambda = 1
+        temperature: float = 2.5  # T: TLlib mcc.py default --temperature 2.5; the paper, Sec. 4 (T = 2.5 for DA)
 
         def __post_init__(self) -> None:
             super().__post_init__()

@@ -56,17 +56,21 @@ class SelfTraining(Method):
 
     @dataclass
     class Config(MethodConfig):
-        threshold: float = 0.9
-        class_balanced: bool = True
-        per_class_fraction: float = 0.2
-        fraction_step: float = 0.05
-        max_fraction: float = 0.5
-        relabel_every: int = 1
+        backbone_lr_factor: float = 1.0  # backbone lr = trainer.lr * factor
+        threshold: float = 0.9  # keep a pseudo-label when softmax confidence >= 0.9 (TLlib's pseudo-label threshold)
+        class_balanced: bool = True  # at most ceil(fraction * N / K) most confident labels per predicted class (CBST)
+        per_class_fraction: float = 0.2  # fraction in the first round (CBST: portion starts at 20%)
+        fraction_step: float = 0.05  # added per round (CBST: +5% per round)
+        max_fraction: float = 0.5  # cap (CBST: 50%)
+        relabel_every: int = 1  # epochs per round: the target is re-labelled at the start of every round
+        # weight of the pseudo-label CE (Lee 2013 ramps it up to 3; we start from a source model)
         trade_off: float = 1.0
-        source_weight: float = 1.0
-        source_epochs: int | None = None
-        source_label_smoothing: float = 0.0
-        distribution_alignment: bool = False  # align the target's predicted marginal to the source label marginal
+        source_weight: float = 1.0  # weight of the source CE; 0 = source-free (no source loader is built)
+        source_epochs: int | None = None  # source stage epochs (null = trainer.epochs)
+        source_label_smoothing: float = 0.0  # source stage CE label smoothing
+        # reweight target probabilities by source label marginal / target predicted marginal before selection
+        # (ReMixMatch arXiv 1911.09785); not in CBST
+        distribution_alignment: bool = False
 
         def __post_init__(self) -> None:
             super().__post_init__()

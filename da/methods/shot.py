@@ -48,13 +48,14 @@ class SHOT(Method):
 
     @dataclass
     class Config(MethodConfig):
-        beta: float = 0.3
-        im_weight: float = 1.0
-        diversity: bool = True
-        epsilon: float = 1e-5
-        refine_rounds: int = 1
-        source_epochs: int | None = None
-        source_label_smoothing: float = 0.1
+        backbone_lr_factor: float = 1.0  # backbone lr = trainer.lr * factor (digits: LeNet from scratch, same lr)
+        beta: float = 0.3  # weight of the pseudo-label CE (paper: beta = 0.3 for digits; tim-learn --cls_par 0.3)
+        im_weight: float = 1.0  # weight of the information-maximisation loss (tim-learn --ent_par 1.0)
+        diversity: bool = True  # subtract the entropy of the mean prediction (tim-learn --gent)
+        epsilon: float = 1e-5  # inside the diversity log (tim-learn --epsilon)
+        refine_rounds: int = 1  # hard-label centroid refinements after the weighted one (tim-learn obtain_label)
+        source_epochs: int | None = None  # source stage epochs (null = trainer.epochs; tim-learn trains 30 for digits)
+        source_label_smoothing: float = 0.1  # source stage label smoothing (paper Sec. 3.1; tim-learn --smooth 0.1)
 
         def __post_init__(self) -> None:
             super().__post_init__()

@@ -21,7 +21,10 @@ class SourceOnly(Method):
 
     @dataclass
     class Config(MethodConfig):
-        label_smoothing: float = 0.0  # 0.1 trains SHOT's source model (Liang et al., arXiv 2002.08546, Sec. 3.1)
+        # backbone lr = trainer.lr * factor (0.1 is the usual choice for a pretrained backbone)
+        backbone_lr_factor: float = 1.0
+        # label-smoothed source CE; SHOT's source stage uses 0.1 (arXiv 2002.08546, Sec. 3.1)
+        label_smoothing: float = 0.0
 
         def __post_init__(self) -> None:
             super().__post_init__()
