@@ -40,12 +40,13 @@ def save(obj: Any, path: str) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def load(path: str, what: str, hint: str = "") -> Any:
+def load(path: str, what: str, hint: str = "", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only, never code. An unreadable
-    file (truncated, empty, foreign) or one that holds other objects is one ConfigError (+ ``hint``)."""
+    file (truncated, empty, foreign) or one that holds other objects is one ConfigError (+ ``hint``).
+    ``mmap``: the tensors stay on disk until read (to look at a checkpoint's other entries cheaply)."""
     try:
         with _legacy_numpy_arrays():
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError as err:
         raise ConfigError(f"{what}: file not found: {path}") from err
     except pickle.UnpicklingError as err:
@@ -166,12 +167,13 @@ def check_resumable(state: dict[str, Any], signature: dict[str, Any], path: str)
         )
 
 
-def read_resumable(run_dir: str, signature: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint in ``run_dir`` to resume from (None if there is none), refused if its config differs."""
+def read_resumable(run_dir: str, signature: dict[str, Any], mmap: bool = False) -> dict[str, Any] | None:
+    """The checkpoint in ``run_dir`` to resume from (None if there is none), refused if its config differs.
+    ``mmap=True`` leaves the weights on disk: the CLI checks a folder this way before it writes anything."""
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.isfile(path):
         return None
-    state = load(path, "resume", hint="; delete it, or run with trainer.resume=false to start afresh")
+    state = load(path, "resume", hint="; delete it, or run with trainer.resume=false to start afresh", mmap=mmap)
     if not isinstance(state, dict) or "method" not in state:
         raise ConfigError(f"resume: {path} is not a checkpoint of this package; delete it or use trainer.resume=false")
     check_resumable(state, signature, path)

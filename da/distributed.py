@@ -44,6 +44,28 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
+def exit_with_launcher(poll_seconds: float = 1.0) -> None:
+    """Under torchrun: end this process when torchrun itself dies. torchrun stops its ranks when it is stopped,
+    but a ``kill -9`` of torchrun alone would leave every rank training to the end, holding the run folder's
+    lock. A daemon thread watches the parent process (torchrun's agent) and sends this process SIGTERM once it is
+    gone (re-parented). Portable where ``PR_SET_PDEATHSIG`` is not, and unlike it not tied to the thread of the
+    parent that started us."""
+    import signal
+    import threading
+    import time
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # set by torchrun's agent, our parent
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="da-exit-with-launcher", daemon=True).start()
+
+
 def init_from_env(device_name: str = "auto") -> None:
     """Join the process group torchrun describes in the environment (once); a no-op without torchrun."""
     if not launched_by_torchrun() or dist.is_initialized():

@@ -10,6 +10,11 @@ this machine) and ``hydra/launcher=slurm`` (or ``submitit_slurm``: a SLURM clust
 hands its error back; the command prints that one line and exits with the job's status, once the other jobs are
 done. The jobs of one sweep never share a run folder (checked before any starts); jobs of different commands
 aimed at one folder meet its lock (:class:`da.runfolder.RunLock`).
+
+A refused run (its folder locked by another run, or holding another config's checkpoint) writes nothing there:
+Hydra is told ``hydra.output_subdir=null`` and the CLI writes Hydra's record (``.hydra/``) itself once the run
+has begun; a folder Hydra made for a run that fails before it begins is removed. Ctrl-C at any moment is one
+line and exit status 130.
 """
 
 from __future__ import annotations
@@ -45,9 +50,11 @@ def log_error(message: str) -> None:
             handler.handle(record)
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print one line to stderr (and to the run's run.log when Hydra opened one) and exit with ``code``."""
-    log_error(message)
+def fail(message: str, code: int = 2, log: bool = True) -> None:
+    """Print one line to stderr (and to the run's run.log when Hydra opened one and ``log``) and exit with
+    ``code``."""
+    if log:
+        log_error(message)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -272,28 +279,137 @@ def optuna_args(args: list[str]) -> list[str]:
 
 def torchrun_args(args: list[str]) -> list[str]:
     """Under ``torchrun`` every rank runs this CLI; ranks other than 0 write nothing to the run folder: their
-    Hydra folder (run.log) is a temporary one, removed at exit, and their console shows warnings and errors
-    only (:func:`da.experiment.fit` hands them rank 0's run folder). One run per torchrun: a sweep goes through
-    a Hydra launcher instead."""
+    Hydra folder (run.log) is a temporary one, removed as soon as Hydra has set up the job (:func:`rank_folder`),
+    and their console shows warnings and errors only (:func:`da.experiment.fit` hands them rank 0's run folder).
+    Every rank stops when torchrun dies (:func:`da.distributed.exit_with_launcher`). One run per torchrun: a
+    sweep goes through a Hydra launcher instead."""
     import atexit
+    import signal
     import tempfile
 
-    from da.distributed import launched_by_torchrun
+    from da.distributed import exit_with_launcher, launched_by_torchrun
     from da.errors import ConfigError
 
     if not launched_by_torchrun():
         return args
     if any(a in ("-m", "--multirun") for a in args):
         raise ConfigError("torchrun trains one run over several processes; sweep with -m without torchrun")
+    exit_with_launcher()
     rank = int(os.environ["RANK"])
     if rank == 0:
         return args
     folder = tempfile.mkdtemp(prefix=f"da-rank{rank}-")
+    os.environ[RANK_FOLDER] = folder
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return [*args, f"hydra.run.dir={folder}", "hydra.output_subdir=null", "hydra.job_logging.root.level=WARNING"]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # torchrun's stop: atexit runs
+    return [*args, f"hydra.run.dir={folder}", f"{NO_RECORD}", "hydra.job_logging.root.level=WARNING"]
+
+
+RANK_FOLDER = "DA_RANK_HYDRA_DIR"  # the temporary Hydra folder of a torchrun rank other than 0
+NO_RECORD = "hydra.output_subdir=null"  # Hydra writes no .hydra record; da.run writes it once the run is accepted
+
+
+def rank_folder_done() -> None:
+    """A torchrun rank other than 0: Hydra has opened its run.log, so its temporary folder goes now (the file
+    stays open, writable, until exit), and SIGTERM takes its default action again. A torchrun killed at any later
+    moment leaves no ``da-rank*`` folder behind."""
+    import signal
+
+    folder = os.environ.pop(RANK_FOLDER, None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def record_subdir(args: list[str]) -> str | None:
+    """Where the run's Hydra record goes: ``hydra.output_subdir`` as given (Hydra's default ``.hydra``), None
+    when it is null."""
+    given = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("hydra.output_subdir=")]
+    value = given[-1] if given else ".hydra"
+    return None if value in ("null", "") else value
+
+
+def write_record(cfg, folder: str, subdir: str) -> None:
+    """What Hydra writes to ``<run>/.hydra``: config.yaml (the job's config), hydra.yaml and overrides.yaml,
+    each atomically."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from da.runfolder import write_text
+
+    record = OmegaConf.to_container(HydraConfig.instance().cfg, enum_to_str=True)  # plain: nothing resolved
+    record["hydra"]["output_subdir"] = subdir  # as Hydra would have written it
+    overrides = record["hydra"]["overrides"]
+    overrides["hydra"] = [o for o in overrides["hydra"] if o != NO_RECORD]
+    os.makedirs(folder, exist_ok=True)
+    try:
+        for name, node in (("config.yaml", cfg), ("hydra.yaml", record), ("overrides.yaml", overrides["task"])):
+            write_text(os.path.join(folder, name), OmegaConf.to_yaml(node))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)  # only when empty: a record of an earlier start stays
+        raise
+
+
+def record_listener(cfg, run_dir: str, subdir: str):
+    """A listener of the training loop that writes Hydra's record once the run has begun: the folder is this
+    run's (locked, resume check passed) and everything that can refuse it has been checked."""
+    from da.callbacks import Callback
+
+    class HydraRecord(Callback):
+        def on_fit_start(self, trainer) -> None:
+            write_record(cfg, os.path.join(run_dir, subdir), subdir)
+
+    return HydraRecord()
+
+
+def claim_run_dir(cfg, run_dir: str):
+    """Take the run folder before anything is written to it (rank 0 only): its lock (held through
+    :func:`da.fit`, which takes it again) and the resume check. A refusal is a ConfigError and leaves the folder
+    as it was. Returns the held lock (a context manager that releases it)."""
+    from omegaconf import OmegaConf
+
+    from da.checkpoint import fingerprint, read_resumable
+    from da.runfolder import RunLock
+
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    lock = RunLock(run_dir, reentrant=True).acquire()
+    try:
+        if OmegaConf.select(cfg, "trainer.resume", default=True):
+            signature = fingerprint(OmegaConf.to_container(cfg, resolve=True))
+            read_resumable(run_dir, signature, mmap=True)  # its config only: fit reads the weights
+    except BaseException:
+        lock.release(restore=True)
+        raise
+    return lock
+
+
+STARTUP_INTERRUPTED = "interrupted during start-up; nothing was trained"
 
 
 def main() -> None:
+    """The CLI; Ctrl-C at any moment (start-up included) is one line and exit status 130."""
+    import signal
+
+    signal.signal(signal.SIGINT, interrupted_at_start)  # until Hydra hands the job over (_main)
+    try:
+        _cli()
+    except KeyboardInterrupt:
+        fail(STARTUP_INTERRUPTED, 130, log=False)
+
+
+def interrupted_at_start(signum, frame) -> None:
+    """Ctrl-C while importing and composing: a KeyboardInterrupt raised inside an import can leave a library
+    half imported (and a later error that is not one line), and nothing has been written yet: end here."""
+    print(f"error: {STARTUP_INTERRUPTED}", file=sys.stderr, flush=True)
+    folder = os.environ.get(RANK_FOLDER)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+    os._exit(130)
+
+
+def _cli() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
@@ -301,32 +417,60 @@ def main() -> None:
     from da.config import config_dir
     from da.errors import ConfigError
 
+    logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is dropped, not a traceback
     args = sys.argv[1:]
     cli_pid = os.getpid()  # a job in another process (a launcher's worker) hands its error back instead of exiting
     try:
         args = torchrun_args(optuna_args(args))
     except ConfigError as err:
         fail(str(err))
-    sys.argv[1:] = args
+    subdir = record_subdir(args)
     if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):  # not --help, --cfg, ...
         try:
             check_overrides(args)
         except ConfigError as err:
             fail(str(err))
+        if NO_RECORD not in args:
+            args = [*args, NO_RECORD]  # da writes the record (record_listener) once the run has begun
+    sys.argv[1:] = args
+    record = subdir if NO_RECORD in args and os.environ.get("RANK", "0") == "0" else None
 
     @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> float:
-        from da.experiment import fit
+        import signal
+        import threading
 
+        from da.experiment import fit
+        from da.runfolder import detach_logs, drop_unstarted, only_hydra_log
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt: the run keeps its epochs
+        run_dir = os.path.abspath(HydraConfig.get().runtime.output_dir)
+        in_worker = os.getpid() != cli_pid  # joblib / submitit worker: the CLI prints its error (one_line_job_errors)
+        rank_folder_done()
+        fresh = only_hydra_log(run_dir)
         try:
-            results = fit(cfg, run_dir=HydraConfig.get().runtime.output_dir)
-        except (ConfigError, FloatingPointError) as err:
-            if os.getpid() != cli_pid:  # joblib / submitit worker: the CLI prints it (one_line_job_errors)
-                log_error(str(err))
+            claim = claim_run_dir(cfg, run_dir)
+        except ConfigError as err:  # another run's folder (locked, or another config's checkpoint): not ours to touch
+            detach_logs(run_dir)
+            if in_worker:
                 raise
-            fail(str(err), code=exit_code(err))
-        except KeyboardInterrupt:
-            fail("interrupted; completed epochs are kept in checkpoint.pt; rerun in the same folder to resume", 130)
+            fail(str(err), log=False)
+        listeners = [record_listener(cfg, run_dir, record)] if record else []
+        with claim:
+            try:
+                results = fit(cfg, run_dir=run_dir, callbacks=listeners)
+            except (ConfigError, FloatingPointError) as err:
+                logged = not drop_unstarted(run_dir, fresh)
+                if in_worker:
+                    if logged:
+                        log_error(str(err))
+                    raise
+                fail(str(err), code=exit_code(err), log=logged)
+            except KeyboardInterrupt:
+                if drop_unstarted(run_dir, fresh):
+                    fail(STARTUP_INTERRUPTED, 130, log=False)
+                fail("interrupted; completed epochs are kept in checkpoint.pt; rerun in the same folder to resume", 130)
         # what a sweeper (Optuna) maximises: the selected checkpoint's label-free score, never a target label
         return results["selection"]["score"]
 

@@ -6,8 +6,10 @@ use the CLI on tiny budgets.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,7 +275,8 @@ def test_run_log_and_one_line_per_epoch_when_not_a_terminal(tmp_path):
     assert "epoch 2/2" in log and "target acc" in log
     bad = run_cli(*TINY, "trainer.steps_per_epoch=1", f"hydra.run.dir={out}", cwd=str(tmp_path))
     assert bad.returncode == 2
-    assert "error: " in (out / "run.log").read_text().splitlines()[-1]  # the refusal is in the log too
+    assert "different config" in bad.stderr
+    assert (out / "run.log").read_text() == log  # a refused run writes nothing into the run it was refused by
 
 
 def test_run_log_in_a_notebook(tmp_path, capsys):
@@ -390,3 +393,209 @@ def test_13_relabelling_and_validators_read_the_evaluation_transform(tmp_path, m
     fit(cfg, run_dir=str(tmp_path / "run"), quiet=True)
     assert seen and all(getattr(s.base, "transform", None) is not None for s in seen)
     assert all(s.base.transform.train is False for s in seen)
+
+
+# ------------------------------------------------------------------ issue 26: refused runs, full disk, Ctrl-C, torchrun
+def _snapshot(folder) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """``python -m da.run`` on a tiny budget, started (several run at once on few cores: one thread each)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
+    flags = [a for a in args if a.startswith("-")]  # -m before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, "-m", "da.run", *flags, *TINY, "trainer.epochs=1", "trainer.steps_per_epoch=2", *overrides]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _one_line(proc: subprocess.Popen, code: int = 2) -> str:
+    _, stderr = proc.communicate(timeout=300)
+    return _one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr), code)
+
+
+def test_26_5_a_refused_run_touches_nothing_in_the_existing_folder(tmp_path):
+    """Lock conflict, resume refused for another config, a refused sweep job: each leaves every byte of the
+    existing run folder as it was (Hydra's .hydra record included; before, it said the refused run's seed)."""
+    from da.runfolder import RunLock
+
+    runs = {name: tmp_path / name for name in ("locked", "mismatch", "sweep1")}
+    fit(tiny_cfg("trainer.epochs=1", "trainer.steps_per_epoch=2"), run_dir=str(runs["locked"]), quiet=True)
+    (runs["locked"] / ".hydra").mkdir()
+    (runs["locked"] / ".hydra" / "config.yaml").write_text("seed: 0\n")  # the record the earlier command wrote
+    for name in ("mismatch", "sweep1"):
+        shutil.copytree(runs["locked"], runs[name])
+    before = {name: _snapshot(run_dir) for name, run_dir in runs.items()}
+    with RunLock(str(runs["locked"])):  # a run in progress holds the folder
+        procs = {
+            "locked": _cli(f"hydra.run.dir={runs['locked']}"),
+            "mismatch": _cli("seed=1", f"hydra.run.dir={runs['mismatch']}"),
+            "sweep1": _cli("-m", "seed=1", f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=sweep${seed}"),
+        }
+        lines = {name: _one_line(proc) for name, proc in procs.items()}
+    assert "in use by another run" in lines["locked"]
+    assert "different config: seed" in lines["mismatch"] and "different config: seed" in lines["sweep1"]
+    for name, run_dir in runs.items():
+        assert _snapshot(run_dir) == before[name], name
+
+
+def test_26_5_an_accepted_run_writes_hydras_record(tmp_path):
+    proc = _cli("hydra.output_subdir=record", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.communicate(timeout=300)[0] and proc.returncode == 0
+    record = tmp_path / "run" / "record"
+    assert sorted(os.listdir(record)) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    assert "seed: 0" in (record / "config.yaml").read_text()
+    hydra_yaml = (record / "hydra.yaml").read_text()
+    assert "output_subdir: record" in hydra_yaml and "output_subdir=null" not in hydra_yaml
+    assert "- trainer.epochs=1" in (record / "overrides.yaml").read_text()
+    assert not (tmp_path / "run" / ".hydra").exists()
+
+
+# the disk of every file whose path holds DA_TEST_DISK_FULL is full: its writes fail with ENOSPC (as on a real
+# full disk, opening and creating a file still works)
+DISK_FULL = """import builtins, errno, os
+PATTERN = os.environ.get("DA_TEST_DISK_FULL")
+
+
+class Full:
+    def __init__(self, fh):
+        self._fh = fh
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+
+def wrap(fh, path, mode):
+    full = PATTERN and any(c in mode for c in "wax+") and PATTERN in os.fsdecode(path)
+    return Full(fh) if full else fh
+
+
+plain_open, plain_fdopen = builtins.open, os.fdopen
+
+
+def full_open(file, mode="r", *args, **kwargs):
+    fh = plain_open(file, mode, *args, **kwargs)
+    return wrap(fh, file if not isinstance(file, int) else os.readlink(f"/proc/self/fd/{file}"), mode)
+
+
+def full_fdopen(fd, mode="r", *args, **kwargs):
+    return wrap(plain_fdopen(fd, mode, *args, **kwargs), os.readlink(f"/proc/self/fd/{fd}"), mode)
+
+
+builtins.open, os.fdopen = full_open, full_fdopen
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="the full-disk hook finds paths through /proc")
+def test_26_6_a_full_disk_is_one_line(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(DISK_FULL)
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    start, later = tmp_path / "full_at_start", tmp_path / "full_at_checkpoint"
+    procs = {
+        start: _cli(f"hydra.run.dir={start}", env={"PYTHONPATH": path, "DA_TEST_DISK_FULL": str(start)}),
+        later: _cli(f"hydra.run.dir={later}", env={"PYTHONPATH": path, "DA_TEST_DISK_FULL": "checkpoint.pt"}),
+    }
+    lines = {run_dir: _one_line(proc) for run_dir, proc in procs.items()}
+    assert "No space left on device" in lines[start] and str(start / "config.yaml") in lines[start]
+    assert not start.exists()  # no 0-byte .hydra/config.yaml or config.yaml: no stub folder at all
+    assert "No space left on device" in lines[later] and str(later / "checkpoint.pt") in lines[later]
+    assert not (later / "checkpoint.pt").exists() and not [p for p in os.listdir(later) if p.endswith(".tmp")]
+
+
+def test_26_8_ctrl_c_during_start_up_is_one_line_and_130(tmp_path):
+    proc = _cli(f"hydra.run.dir={tmp_path / 'run'}")
+    time.sleep(1.5)  # importing torch and Hydra, composing the config
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    assert "interrupted" in _one_line(proc, 130)
+
+
+@pytest.mark.parametrize("broken", ["config.yaml", "model.pt"])
+def test_26_8_load_run_of_a_corrupt_folder_is_one_line(tmp_path, broken):
+    from da import load_run
+
+    fit(tiny_cfg("trainer.epochs=1", "trainer.steps_per_epoch=2"), run_dir=str(tmp_path), quiet=True)
+    (tmp_path / broken).write_bytes(b"method: [unclosed\n  - :" if broken == "config.yaml" else b"PK\x03\x04 cut")
+    with pytest.raises(ConfigError) as err:
+        load_run(str(tmp_path))
+    assert broken in str(err.value) and "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------ torchrun
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _torchrun(tmp_path, *overrides: str) -> subprocess.Popen:
+    """2 CPU ranks under torchrun; the system temp folder is ``tmp_path/tmp`` (where rank 1's Hydra folder goes)."""
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TMPDIR": str(tmp_path / "tmp")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "da.run"]
+    args = [*TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}"]
+    return subprocess.Popen([*cmd, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's ranks through /proc (Linux)")
+def test_26_8_kill_9_of_torchrun_alone_stops_its_ranks(tmp_path):
+    proc = _torchrun(tmp_path, "trainer.epochs=200", "trainer.steps_per_epoch=5")
+    ranks: list[int] = []
+    try:
+        _wait_for(lambda: (tmp_path / "run" / "log.csv").is_file(), proc, timeout=180)  # both ranks training
+        ranks += _children(proc.pid)
+        assert len(ranks) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 30
+        while any(_alive(p) for p in ranks) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in ranks), "the ranks outlived torchrun"
+    finally:
+        for pid in [proc.pid, *_children(proc.pid), *ranks]:  # leave no rank behind when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert not list((tmp_path / "tmp").glob("da-rank*"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's ranks through /proc (Linux)")
+def test_26_8_a_stopped_torchrun_leaves_no_rank_folders(tmp_path):
+    proc = _torchrun(tmp_path, "trainer.epochs=200", "trainer.steps_per_epoch=5")
+    try:
+        _wait_for(lambda: list((tmp_path / "tmp").glob("da-rank1-*")), proc, timeout=180)  # rank 1 starting up
+        proc.send_signal(signal.SIGTERM)  # as Ctrl-C, a scheduler or `kill` stops torchrun: it stops its ranks
+        proc.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while list((tmp_path / "tmp").glob("da-rank*")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not list((tmp_path / "tmp").glob("da-rank*"))
