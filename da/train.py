@@ -198,7 +198,8 @@ class Trainer:
 
     def _kept(self) -> str:
         """What survives a divergence: the last checkpoint, if one was written."""
-        kept = f"the checkpoint of epoch {self.epoch} is kept in {self.run_dir}" if self.epoch else "no checkpoint"
+        kept = f"the checkpoint of epoch {self.epoch} is kept in {self.run_dir}"
+        kept = kept if self.epoch else "no checkpoint was written"
         return f"lower trainer.lr (now {self.cfg.lr}); {kept}"
 
     # ------------------------------------------------------------------ the loop

@@ -35,7 +35,8 @@ def test_init_loads_the_whole_model(source_run, tmp_path, form):
     path = {"folder": source_run, "checkpoint": source_run / "checkpoint.pt"}.get(form)
     if path is None:
         path = tmp_path / "weights.pt"
-        state = {k[len("model.") :]: v for k, v in saved.items()} if form == "state_dict" else saved
+        model_part = {k[len("model.") :]: v for k, v in saved.items() if k.startswith("model.")}
+        state = model_part if form == "state_dict" else saved
         torch.save(state, path)
     resolved = resolve_init(tiny_cfg(f"init={path}"), object, str(tmp_path))
     model = _model()
