@@ -291,3 +291,86 @@ def flexmatch_thresholds(learned: torch.Tensor, num_classes: int, threshold: flo
     unused = (learned < 0).sum().float()
     beta = sigma / torch.maximum(sigma.max(), unused).clamp_min(1.0)
     return beta / (2.0 - beta) * threshold  # (K,)
+
+
+# ---------------------------------------------------------------- today's methods (issue 21)
+
+
+def _shift_log(x: torch.Tensor, offset: float = 1e-6) -> torch.Tensor:
+    """log(min(x + offset, 1)): the log of a probability without log(0)'s infinite gradient (TLlib's shift_log)."""
+    return torch.log(torch.clamp(x + offset, max=1.0))
+
+
+@float32
+def margin_disparity_discrepancy(
+    logits_s: torch.Tensor, logits_t: torch.Tensor, adv_s: torch.Tensor, adv_t: torch.Tensor, margin: float = 4.0
+) -> torch.Tensor:
+    """MDD's empirical disparity D_γ = γ·E_s[log σ_{h(x)}(f'(x))] + E_t[log(1 − σ_{h(x)}(f'(x)))].
+
+    Zhang et al., "Bridging Theory and Algorithm for Domain Adaptation", ICML 2019, arXiv 1904.05801, Sec. 5
+    (the classification losses L and L' before Eq. 11). h(x) is the main head's prediction (argmax of
+    ``logits_s`` (B_s, K) / ``logits_t`` (B_t, K), so no gradient reaches the main head through it); f' is the
+    adversarial head (``adv_s``, ``adv_t``). The adversary maximises D_γ: it agrees with h on the source (first
+    term, weighted by the margin γ) and disagrees on the target; the features minimise it (a GRL between them).
+    log(1 − p) is TLlib's ``shift_log`` (offset 1e-6), so a confident disagreement has a finite gradient.
+    """
+    pred_s, pred_t = logits_s.argmax(1), logits_t.argmax(1)  # (B_s,), (B_t,)
+    source = -F.cross_entropy(adv_s, pred_s)  # E_s log σ_{h(x)}(f'(x))
+    p_t = F.softmax(adv_t, dim=1).gather(1, pred_t[:, None]).squeeze(1)  # (B_t,)
+    target = _shift_log(1.0 - p_t).mean()  # E_t log(1 − σ_{h(x)}(f'(x)))
+    return margin * source + target
+
+
+@float32
+def classifier_discrepancy(logits_1: torch.Tensor, logits_2: torch.Tensor) -> torch.Tensor:
+    """MCD's discrepancy d(p1, p2) = (1/K) Σ_k |p1_k − p2_k| of two classifiers' probabilities, averaged over the
+    batch (B, K). Saito et al., "Maximum Classifier Discrepancy for Unsupervised Domain Adaptation", CVPR 2018,
+    arXiv 1712.02560, Eq. 1."""
+    return (F.softmax(logits_1, dim=1) - F.softmax(logits_2, dim=1)).abs().mean()
+
+
+def masked_consistency(logits_masked: torch.Tensor, logits_teacher: torch.Tensor) -> torch.Tensor:
+    """MIC's masked-image consistency: cross-entropy of the student's logits on the masked images (B, K) against
+    the EMA teacher's hard pseudo-labels on the whole images, each weighted by the teacher's confidence (its top
+    softmax probability), averaged over the batch. Hoyer et al., "MIC: Masked Image Consistency for
+    Context-Enhanced Domain Adaptation", CVPR 2023, arXiv 2212.01322, Eq. 3-4; the confidence weight is its
+    classification code's ``pseudo_label_weight='prob'`` (lhoyer/MIC, cls/). The teacher gives targets only."""
+    probs = F.softmax(logits_teacher.detach().float(), dim=1)  # (B, K)
+    confidence, pseudo = probs.max(1)  # (B,), (B,)
+    return (confidence * F.cross_entropy(logits_masked.float(), pseudo, reduction="none")).mean()
+
+
+@float32
+def neighbourhood_clustering(
+    logits: torch.Tensor, neighbour_scores: torch.Tensor, neighbour_weights: torch.Tensor, epsilon: float = 1e-5
+) -> torch.Tensor:
+    """NRC's loss: −(1/B) Σ_i Σ_j A_ij S_j·p_i + Σ_c p̄_c log(p̄_c + ε).
+
+    Yang et al., "Exploiting the Intrinsic Neighborhood Structure for Source-free Domain Adaptation", NeurIPS
+    2021, arXiv 2110.04202, Eq. 2-6. p = softmax(``logits``) (B, K); ``neighbour_scores`` (B, M, K) are the
+    score-bank entries of each sample's neighbours (its K nearest and their expanded neighbours, detached) and
+    ``neighbour_weights`` (B, M) their affinities A (1 for a reciprocal neighbour, r = 0.1 otherwise and for every
+    expanded one); the last term (p̄ the batch-mean prediction) keeps the predictions diverse (L_div). The
+    reference code (Albert0147/NRC_SFDA) writes the dot products as ``kl_div`` of probabilities, which equals
+    them up to a term constant in the model.
+    """
+    p = F.softmax(logits, dim=1)  # (B, K)
+    attraction = (torch.einsum("bk,bmk->bm", p, neighbour_scores) * neighbour_weights).sum(1).mean()
+    mean_p = p.mean(0)  # (K,)
+    return -attraction + (mean_p * torch.log(mean_p + epsilon)).sum()
+
+
+@float32
+def attract_disperse(logits: torch.Tensor, neighbour_scores: torch.Tensor, dispersion: float) -> torch.Tensor:
+    """AaD's loss: −(1/B) Σ_i Σ_{j∈C_i} p_i·s_j + λ (1/B) Σ_i Σ_{m≠i} p_i·p_m.
+
+    Yang et al., "Attracting and Dispersing: A Simple Approach for Source-free Domain Adaptation", NeurIPS 2022,
+    arXiv 2205.04183, Eq. 5: each prediction p_i = softmax(``logits``) (B, K) is attracted to the bank scores of
+    its K nearest neighbours (``neighbour_scores`` (B, K, K_classes), detached) and dispersed from the other
+    predictions of the batch, weighted by ``dispersion`` (λ, decayed by the method). As for NRC, the reference
+    code's ``kl_div`` of probabilities equals the attraction term up to a constant.
+    """
+    p = F.softmax(logits, dim=1)  # (B, K)
+    attraction = torch.einsum("bk,bnk->bn", p, neighbour_scores).sum(1).mean()
+    gram = p @ p.T  # (B, B)
+    return -attraction + dispersion * (gram.sum(1) - gram.diagonal()).mean()

@@ -223,3 +223,87 @@ def test_bnm_edge_cases():
     assert float(losses.bnm(collapsed)) == pytest.approx(-math.sqrt(10) / 10, abs=1e-5)
     assert float(losses.bnm(feats(0, 1, 10))) == pytest.approx(-1.0 * float(F.softmax(feats(0, 1, 10), 1).norm()))
     assert float(losses.bnm(feats(0, 6, 1))) == pytest.approx(-math.sqrt(6) / 6)  # a single class
+
+
+# ---------------------------------------------------------------- issue 21: MDD, MCD, MIC, NRC, AaD (hand-computed)
+
+LN3 = math.log(3.0)
+
+
+def test_margin_disparity_discrepancy_equals_the_papers_formula_by_hand():
+    logits_s = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], requires_grad=True)  # h(x_s) = 0, 1
+    adv_s = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    logits_t = torch.tensor([[0.0, 0.0, 3.0], [5.0, 0.0, 0.0]])  # h(x_t) = 2, 0
+    adv_t = torch.tensor([[0.0, 0.0, 0.0], [LN3, 0.0, 0.0]], requires_grad=True)  # sigma_h = 1/3, 3/5
+    gamma = 4.0
+    # D = gamma * mean_s log sigma_h(f') + mean_t log(1 - sigma_h(f'))  (arXiv 1904.05801, Sec. 5)
+    source = (math.log(math.e / (math.e + 2)) + math.log(1 / 3)) / 2
+    target = (math.log(2 / 3 + 1e-6) + math.log(2 / 5 + 1e-6)) / 2
+    d = losses.margin_disparity_discrepancy(logits_s, logits_t, adv_s, adv_t, gamma)
+    assert float(d) == pytest.approx(gamma * source + target, abs=1e-6)
+    d.backward()
+    assert logits_s.grad is None  # the main head's predictions are labels: no gradient through them
+    # the adversary ascends D: raise the predicted class on the source (agree), lower it on the target (disagree)
+    assert adv_s.grad[0, 0] > 0 and adv_t.grad[0, 2] < 0
+
+
+def test_margin_disparity_discrepancy_of_an_agreeing_adversary_is_the_log_of_the_offset():
+    z = feats(3, 6, 4).float()
+    # f' = f on identical, confident domains: log sigma_h -> 0, log(1 - sigma_h) -> log(offset)
+    confident = z * 100
+    d = losses.margin_disparity_discrepancy(confident, confident, confident, confident, 2.0)
+    assert float(d) == pytest.approx(math.log(1e-6), rel=1e-3)
+
+
+def test_classifier_discrepancy_by_hand():
+    a = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    b = torch.tensor([[LN3, 0.0], [1.0, 2.0]])  # row 0: (1/2, 1/2) vs (3/4, 1/4); row 1 identical
+    assert float(losses.classifier_discrepancy(a, b)) == pytest.approx((0.25 + 0.25 + 0 + 0) / 4)
+    assert float(losses.classifier_discrepancy(a, a)) == 0.0
+    assert float(losses.classifier_discrepancy(a, b)) == float(losses.classifier_discrepancy(b, a))
+
+
+def test_masked_consistency_by_hand():
+    teacher = torch.tensor([[LN3, 0.0], [0.0, math.log(4.0)]], requires_grad=True)  # (3/4, 1/4), (1/5, 4/5)
+    student = torch.tensor([[0.0, 0.0], [LN3, 0.0]], requires_grad=True)  # CE vs label 0: ln 2; vs 1: ln 4
+    loss = losses.masked_consistency(student, teacher)
+    assert float(loss) == pytest.approx((0.75 * math.log(2) + 0.8 * math.log(4)) / 2, abs=1e-6)
+    loss.backward()
+    assert teacher.grad is None and student.grad is not None  # the teacher gives targets only
+
+
+def test_neighbourhood_clustering_by_hand_and_against_the_reference_kl_form():
+    logits = torch.tensor([[0.0, 0.0], [LN3, 0.0]], requires_grad=True)  # p = (1/2, 1/2), (3/4, 1/4)
+    scores = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [1.0, 0.0]]])  # (B, M, K)
+    weights = torch.tensor([[1.0, 0.1], [0.1, 1.0]])
+    attraction = ((1.0 * 0.5 + 0.1 * 0.5) + (0.1 * 0.5 + 1.0 * 0.75)) / 2
+    mean_p = [(0.5 + 0.75) / 2, (0.5 + 0.25) / 2]
+    diversity = sum(m * math.log(m + 1e-5) for m in mean_p)
+    loss = losses.neighbourhood_clustering(logits, scores, weights, 1e-5)
+    assert float(loss) == pytest.approx(-attraction + diversity, abs=1e-6)
+    # Albert0147/NRC_SFDA writes the attraction as kl_div of probabilities: the same gradient
+    p = F.softmax(logits, 1)
+    kl = (F.kl_div(p.unsqueeze(1).expand_as(scores), scores, reduction="none").sum(-1) * weights).sum(1).mean()
+    m = p.mean(0)
+    reference = kl + (m * torch.log(m + 1e-5)).sum()
+    (g_ours,) = torch.autograd.grad(loss, logits)
+    (g_ref,) = torch.autograd.grad(reference, logits)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_attract_disperse_by_hand_and_against_the_reference_kl_form():
+    logits = torch.tensor([[LN3, 0.0], [0.0, 0.0]], requires_grad=True)  # p = (3/4, 1/4), (1/2, 1/2)
+    scores = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # one neighbour each
+    loss = losses.attract_disperse(logits, scores, dispersion=2.0)
+    # attraction mean(3/4, 1/2); dispersion: p_1 . p_2 = 1/2 for each row
+    assert float(loss) == pytest.approx(-(0.75 + 0.5) / 2 + 2.0 * 0.5, abs=1e-6)
+    # Albert0147/AaD_SFDA tar_adaptation.py: kl_div of probabilities (one-hot scores: the constant is 0)
+    p = F.softmax(logits, 1)
+    reference = F.kl_div(p.unsqueeze(1), scores, reduction="none").sum(-1).sum(1).mean()
+    mask = 1.0 - torch.eye(2)
+    reference = reference + 2.0 * ((p @ p.T) * mask).sum(-1).mean()
+    assert float(loss) == pytest.approx(float(reference), abs=1e-6)
+    (g_ours,) = torch.autograd.grad(loss, logits)
+    (g_ref,) = torch.autograd.grad(reference, logits)
+    torch.testing.assert_close(g_ours, g_ref)
+    assert float(losses.attract_disperse(logits[:1], scores[:1], 2.0)) == pytest.approx(-0.75)  # batch of one
