@@ -53,6 +53,8 @@ def load(path: str, what: str, hint: str = "", mmap: bool = False) -> Any:
         if "Weights only load failed" not in str(err):  # a corrupt pickle, not a foreign object
             raise ConfigError(f"{what}: cannot read {path} as a torch file ({_first_line(err)}){hint}") from err
         named = re.search(r"GLOBAL (\S+)", str(err))
+        if named is None:  # no foreign object named: the file is no pickle of tensors at all
+            raise ConfigError(f"{what}: cannot read {path} as a torch file ({_first_line(err)}){hint}") from None
         raise ConfigError(
             f"{what}: {path} holds objects other than tensors{f' ({named.group(1)})' if named else ''}; "
             f"refusing to unpickle it (only weights files are read){hint}"
