@@ -1,0 +1,38 @@
+"""``python -m da.tta key=value ...``: one test-time run (``da.tta.run.fit_stream``).
+
+Overrides are Hydra's (``method=eata``, ``protocol=mixed``, ``protocol.batch_size=128``, ``severity=3``,
+``init=<run folder>``); the config is composed with Hydra's compose API rather than ``@hydra.main`` because the run
+folder is a key of the config (``run_dir=``) and a stream run needs neither Hydra's job folders nor its launchers
+(a benchmark loops in Python). A ConfigError (a bad key or value, missing data) is one line on stderr and exit 2;
+Ctrl-C is exit 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from da.errors import ConfigError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    try:
+        from da.tta.run import fit_stream
+
+        fit_stream(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
