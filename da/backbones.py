@@ -2,12 +2,15 @@
 
 The model is feature extractor -> bottleneck -> classifier head (TLlib's ``ImageClassifier`` layout).
 ``lenet`` is the digits CNN used by DANN-style digit benchmarks (arXiv 1505.07818; TLlib's LeNet);
-torchvision models come through torchvision's ``weights=`` API with their classification top removed.
+torchvision models come through torchvision's ``weights=`` API with their classification top removed; any timm
+model comes by name with ``library: timm`` (``configs/backbone/timm.yaml``; :func:`timm_backbone`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
+import logging
 import os
 import sys
 import urllib.error
@@ -36,6 +39,10 @@ class BackboneConfig:
     checkpoint: str | None = None
     bottleneck_dim: int = 256  # 0 = no bottleneck
     bottleneck_dropout: float = 0.0
+    # null: ``name`` is one of this package's backbones (lenet, the torchvision names); timm: ``name`` is any timm
+    # model (timm.list_models()) and ``weights`` a timm pretrained tag (e.g. augreg_in21k_ft_in1k; default: timm's
+    # default tag; null: random init), fetched into the Hugging Face Hub cache
+    library: str | None = None
 
 
 class LeNet(nn.Module):
@@ -195,6 +202,89 @@ for _name in TORCHVISION_NAMES:
     BACKBONES.register(_name)(lambda _n=_name, **kw: torchvision_backbone(_n, **kw))
 
 
+def timm_backbone(name: str, weights: str | None, in_channels: int = 3, image_size: int = 224) -> tuple[nn.Module, int]:
+    """Any timm model by name with its classifier removed (``num_classes=0``): its pooled features, pooled as
+    timm's default ``global_pool`` says (a ViT's class token, as TLlib/SDAT/MIC use it), dimension measured by
+    one forward pass at ``image_size``. ``weights``: a pretrained tag of ``name`` (``default``: timm's default
+    tag), loaded through timm's own ``pretrained`` mechanics and the Hugging Face Hub cache; None: random init.
+    The image size goes to models that take ``img_size`` (ViT, DeiT, Swin, DINOv2: position embeddings are
+    resampled) and the task's channels to ``in_chans`` (timm adapts a pretrained first layer)."""
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ConfigError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    full = name if weights in (None, "default") else f"{name}.{weights}"
+    kwargs = {"pretrained": weights is not None, "num_classes": 0, "in_chans": in_channels}
+    try:
+        with _quiet_loggers("huggingface_hub", "timm"):  # its retries offline would print before the one line
+            try:
+                model = timm.create_model(full, img_size=image_size, **kwargs)
+            except TypeError as err:  # a model without an image size (ConvNeXt, ResNets): built for any
+                if "img_size" not in str(err):
+                    raise
+                model = timm.create_model(full, **kwargs)
+    except RuntimeError as err:
+        if "pretrained tag" not in str(err):
+            raise
+        tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{name}.*")]
+        raise ConfigError(
+            f"invalid weights {weights!r} for timm model {name}; valid: default, {', '.join(tags)}"
+        ) from err
+    except OSError as err:
+        if not _weights_missing(err):
+            raise
+        raise ConfigError(_timm_missing_message(timm.models.get_pretrained_cfg(full), full)) from err
+    model.eval()
+    try:
+        with torch.no_grad():
+            dim = model(torch.zeros(1, in_channels, image_size, image_size)).shape[-1]
+    except (AssertionError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"timm model {name} cannot take {image_size}x{image_size} images: {first}") from err
+    return model.train(), dim
+
+
+def _weights_missing(err: BaseException) -> bool:
+    """Whether ``err`` says the weights are neither cached nor downloadable (offline, no such network)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    return isinstance(err, LocalEntryNotFoundError) or _is_download_error(err)
+
+
+def _timm_missing_message(cfg, full: str) -> str:
+    """One line: which file is missing and where timm looks for it (Hub cache, else torch.hub's folder)."""
+    end = "or set backbone.weights=null to train from scratch"
+    full = f"{full.split('.')[0]}.{cfg.tag}" if cfg is not None and cfg.tag else full  # the default tag, named
+    if cfg is not None and cfg.hf_hub_id:
+        from huggingface_hub import constants
+
+        repo = cfg.hf_hub_id.split("@")[0]
+        return (
+            f"weights {full} are not on disk and could not be downloaded: put the Hugging Face Hub repo {repo} "
+            f"({cfg.hf_hub_filename or 'model.safetensors'}) in the Hub cache {constants.HF_HUB_CACHE} (online: "
+            f"`hf download {repo}`, then copy models--{repo.replace('/', '--')} there), {end}"
+        )
+    url = getattr(cfg, "url", None) or "?"
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    name = os.path.basename(url)
+    return f"weights {full} are not on disk and could not be downloaded: put {name} (from {url}) in {folder}, {end}"
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Raise these loggers to ERROR for the duration (restored after)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 class ImageClassifier(nn.Module):
     """backbone -> bottleneck (Linear-BN-ReLU[-Dropout]) -> head; ``forward`` returns (logits, features)."""
 
@@ -234,6 +324,11 @@ class ImageClassifier(nn.Module):
 
 
 def build_model(cfg: BackboneConfig, num_classes: int, in_channels: int, image_size: int) -> ImageClassifier:
-    factory = BACKBONES.get(cfg.name)
-    backbone, dim = factory(weights=cfg.weights, in_channels=in_channels, image_size=image_size)
+    if cfg.library == "timm":
+        backbone, dim = timm_backbone(cfg.name, cfg.weights, in_channels, image_size)
+    elif cfg.library is None:
+        factory = BACKBONES.get(cfg.name)
+        backbone, dim = factory(weights=cfg.weights, in_channels=in_channels, image_size=image_size)
+    else:
+        raise ConfigError(f"unknown backbone.library {cfg.library!r}; valid: null (lenet, torchvision names), timm")
     return ImageClassifier(backbone, dim, num_classes, cfg.bottleneck_dim, cfg.bottleneck_dropout)
