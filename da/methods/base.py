@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from da import losses
@@ -41,11 +43,27 @@ class AdaptationConfig(MethodConfig):
     """The config of a :class:`JointAdaptation` method: its transfer-loss weight."""
 
     trade_off: float = 1.0  # weight of the transfer loss
+    # SDAT (Rangwani et al., ICML 2022, arXiv 2206.08213): SAM's radius rho on the source CE alone; 0 = off.
+    # val-iisc/SDAT: 0.02 for Office-Home ViT-B (run_office_home.sh), VisDA 0.005 (CDAN) / 0.02 (CDAN+MCC)
+    sdat_rho: float = 0.0
+    # MIC (Hoyer et al., CVPR 2023, arXiv 2212.01322): weight of the masked-image consistency loss; 0 = off
+    # (lhoyer/MIC cls/ adds it with weight 1 to the transfer loss)
+    mic_weight: float = 0.0
+    mic_mask_ratio: float = 0.7  # fraction of masked blocks: lhoyer/MIC cls/experiments.py mask_ratio 0.7
+    # masked block side in pixels; null = 64/224 of the image side (MIC cls: 64-pixel blocks at 224 pixels)
+    mic_block_size: int | None = None
+    mic_alpha: float = 0.9  # the EMA teacher's momentum: lhoyer/MIC cls/experiments.py alpha 0.9
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.trade_off < 0:
             raise ConfigError(f"method.trade_off must be >= 0, got {self.trade_off}")
+        if self.sdat_rho < 0 or self.mic_weight < 0:
+            raise ConfigError("method.sdat_rho and method.mic_weight must be >= 0 (0 = off)")
+        if not 0.0 <= self.mic_mask_ratio < 1.0 or not 0.0 <= self.mic_alpha < 1.0:
+            raise ConfigError("method.mic_mask_ratio and method.mic_alpha must be in [0, 1)")
+        if self.mic_block_size is not None and self.mic_block_size < 1:
+            raise ConfigError(f"method.mic_block_size must be >= 1 or null, got {self.mic_block_size}")
 
 
 class Method(nn.Module):
@@ -178,12 +196,68 @@ class Method(nn.Module):
         return [g for g in groups if g["params"]]
 
 
+def sam_step(step: Step, batch_s, batch_t, progress: float, rho: float, first: str = "sdat_task_loss") -> dict:
+    """One SAM update (Foret et al., arXiv 2010.01412, Alg. 1) as SDAT runs it (Rangwani et al., arXiv 2206.08213;
+    val-iisc/SDAT ``cdan_sdat.py``): the gradient g of the ``first`` phase's loss (SDAT: the source CE alone)
+    moves the parameters it reaches by ε = ρ g / ‖g‖; the step's whole loss is back-propagated at w + ε, the
+    parameters go back to w and every optimiser steps with that gradient (a discriminator, which the first loss
+    does not reach, is never moved: its gradient is the one at the perturbed model). Returns the second pass's
+    losses. Under fp16's gradient scaler the scale cancels in g / ‖g‖."""
+    step.zero_grad()
+    step.backward(step.forward(batch_s, batch_t, progress, phase=first))
+    params = [p for opt in step.optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    with torch.no_grad():
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        moves = [p.grad * (rho / (norm + 1e-12)) for p in params]
+        torch._foreach_add_(params, moves)
+    step.zero_grad()
+    out = step.forward(batch_s, batch_t, progress)
+    step.backward(out["loss"])
+    with torch.no_grad():
+        torch._foreach_sub_(params, moves)
+    step.step()
+    return out
+
+
+def block_mask(x: torch.Tensor, ratio: float, block: int) -> torch.Tensor:
+    """MIC's random patch mask (B, 1, H, W) for images ``x`` (B, C, H, W): a grid of round(H/block) ×
+    round(W/block) cells, each kept (1) with probability 1 − ``ratio``, upsampled to the image (nearest), as in
+    lhoyer/MIC ``cls/dalib/modules/masking.py``. Draws from torch's global RNG (on the images' device)."""
+    b, _, h, w = x.shape
+    cells = torch.rand(b, 1, max(1, round(h / block)), max(1, round(w / block)), device=x.device)
+    return F.interpolate((cells > ratio).to(x.dtype), size=(h, w), mode="nearest")
+
+
 class JointAdaptation(Method):
     """The family "source cross-entropy + trade_off × transfer loss on one joint batch" (DANN, CDAN, Deep CORAL,
-    DAN, MCC, BNM): source and target go through the network as one concatenated batch (BatchNorm sees both
-    domains); a subclass defines only :meth:`transfer_loss` and its extra modules."""
+    DAN, MCC, BNM, MDD): source and target go through the network as one concatenated batch (BatchNorm sees both
+    domains); a subclass defines only :meth:`transfer_loss` and its extra modules.
+
+    Two options over every member (:class:`AdaptationConfig`), off by default (the step is then
+    :meth:`Method.optimization_step` unchanged): ``sdat_rho`` > 0 is SDAT, SAM on the source cross-entropy
+    (:func:`sam_step`, first pass :meth:`sdat_task_loss`); ``mic_weight`` > 0 is MIC: an EMA teacher of the model
+    (``mic_teacher``, a submodule without gradients, so checkpointed) labels the target batch and the model is
+    trained on the same images masked by :func:`block_mask` (:func:`da.losses.masked_consistency`). The
+    teacher predicts in eval mode with the model's BatchNorm statistics copied at each update (lhoyer/MIC
+    averages the parameters alone and runs its teacher's BatchNorm on the batch); MIC's colour jitter and blur
+    of the masked images are left out (its code draws them once, at start-up).
+    """
 
     Config: ClassVar[type[MethodConfig]] = AdaptationConfig
+
+    def __init__(self, model: ImageClassifier, cfg: AdaptationConfig, num_classes: int) -> None:
+        super().__init__(model, cfg, num_classes)
+        self.mic_teacher = copy.deepcopy(model).requires_grad_(False) if cfg.mic_weight > 0 else None
+        if self.mic_teacher is not None:
+            self.register_buffer("mic_updates", torch.zeros((), dtype=torch.long))  # EMA updates so far
+        if cfg.sdat_rho > 0:
+            self.find_unused_parameters = True  # SDAT's first pass reaches no discriminator (DDP)
+
+    def train(self, mode: bool = True) -> JointAdaptation:
+        super().train(mode)
+        if self.mic_teacher is not None:
+            self.mic_teacher.eval()  # the teacher never trains: dropout off, BatchNorm on its running statistics
+        return self
 
     def training_step(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
         (x_s, y_s), (x_t, _) = batch_s, batch_t
@@ -192,7 +266,46 @@ class JointAdaptation(Method):
         cls = losses.cross_entropy(logits[:n_s], y_s)
         transfer, extra = self.transfer_loss(logits, f, n_s, progress)
         loss = cls + self.cfg.trade_off * transfer
+        if self.mic_teacher is not None:
+            mic = self.mic_loss(x_t)
+            loss = loss + self.cfg.mic_weight * mic
+            extra = {**extra, "mic": mic.detach()}
         return {"loss": loss, "cls": cls.detach(), "transfer": transfer.detach(), **extra}
+
+    def sdat_task_loss(self, batch_s, batch_t, progress: float) -> torch.Tensor:
+        """SDAT's first pass: the source cross-entropy of the joint batch alone (arXiv 2206.08213, Sec. 4)."""
+        (x_s, y_s), (x_t, _) = batch_s, batch_t
+        logits, _ = self.model(torch.cat([x_s, x_t]))
+        return losses.cross_entropy(logits[: len(x_s)], y_s)
+
+    def mic_loss(self, x_t: torch.Tensor) -> torch.Tensor:
+        """MIC's loss: the model on masked target images against the EMA teacher's labels of the whole ones."""
+        c = self.cfg
+        block = c.mic_block_size or max(1, round(x_t.shape[-1] * 64 / 224))
+        with torch.no_grad():
+            logits_teacher, _ = self.mic_teacher(x_t)  # (B, K)
+            x_masked = x_t * block_mask(x_t, c.mic_mask_ratio, block)
+        return losses.masked_consistency(self.model(x_masked)[0], logits_teacher)
+
+    def optimization_step(self, batch_s, batch_t, progress: float, step: Step) -> dict[str, torch.Tensor]:
+        if self.cfg.sdat_rho > 0:
+            out = sam_step(step, batch_s, batch_t, progress, self.cfg.sdat_rho)
+        else:
+            out = super().optimization_step(batch_s, batch_t, progress, step)
+        if self.mic_teacher is not None:
+            self.update_mic_teacher()
+        return out
+
+    @torch.no_grad()
+    def update_mic_teacher(self) -> None:
+        """teacher ← α_t teacher + (1 − α_t) model, α_t = min(1 − 1/(t + 1), mic_alpha) after the t-th step (MIC's
+        ``EMATeacher``: a fast start); the BatchNorm statistics are copied."""
+        self.mic_updates += 1
+        keep = torch.clamp(1.0 - 1.0 / (self.mic_updates + 1).float(), max=self.cfg.mic_alpha)
+        for t, s in zip(self.mic_teacher.parameters(), self.model.parameters(), strict=True):
+            t.lerp_(s, 1.0 - keep)
+        for t, s in zip(self.mic_teacher.buffers(), self.model.buffers(), strict=True):
+            t.copy_(s)
 
     def transfer_loss(
         self, logits: torch.Tensor, features: torch.Tensor, n_s: int, progress: float
