@@ -1,6 +1,7 @@
 """Method registry: one file per method, imported here in one line each so it registers by name."""
 
 from da.methods import (
+    aad,  # noqa: F401
     adamatch,  # noqa: F401
     bnm,  # noqa: F401
     cdan,  # noqa: F401
@@ -10,6 +11,9 @@ from da.methods import (
     finetune,  # noqa: F401
     fixmatch,  # noqa: F401
     mcc,  # noqa: F401
+    mcd,  # noqa: F401
+    mdd,  # noqa: F401
+    nrc,  # noqa: F401
     self_training,  # noqa: F401
     shot,  # noqa: F401
     source_only,  # noqa: F401
