@@ -40,6 +40,12 @@ VARIANTS: list[tuple[str, tuple[str, ...]]] = [
     ("fonts_to_sklearn/adamatch", ("method=adamatch",)),
     ("sklearn_to_fonts/fixmatch_flex", ("method=fixmatch", "method.class_thresholds=true", *HARD, INIT)),
     ("sklearn_to_fonts/shot", ("method=shot", *HARD)),
+    ("sklearn_to_fonts/mdd", ("method=mdd", *HARD)),
+    ("sklearn_to_fonts/mcd", ("method=mcd", *HARD)),
+    ("sklearn_to_fonts/nrc", ("method=nrc", *HARD)),
+    ("sklearn_to_fonts/aad", ("method=aad", *HARD)),
+    ("sklearn_to_fonts/cdan_sdat", ("method=cdan", "method.sdat_rho=0.02", *HARD)),  # SDAT: Office-Home rho
+    ("sklearn_to_fonts/cdan_mic", ("method=cdan", "method.mic_weight=1.0", *HARD)),  # MIC's lambda (arXiv 2212.01322)
 ]
 
 

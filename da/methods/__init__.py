@@ -5,6 +5,7 @@ from da.methods import (
     adamatch,  # noqa: F401
     bnm,  # noqa: F401
     cdan,  # noqa: F401
+    cdan_sdat,  # noqa: F401
     coral,  # noqa: F401
     dan,  # noqa: F401
     dann,  # noqa: F401
