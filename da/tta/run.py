@@ -7,7 +7,8 @@ the domains (the corruption benchmark at the run's severity); the protocol's str
 reset where the protocol says, ``method.step(images)`` (no label), and the returned logits scored against the
 labels the runner kept. log.csv gets one row per batch, results.json the per-domain online error, their mean, the
 protocol and the source run. The label-free collapse monitor (``da.monitor.CollapseMonitor``) watches the
-predicted-class marginal over windows of one domain's length.
+predicted-class marginal over windows of one domain's length (results.json ``collapse.epoch`` is the index of the
+batch that closed the window; a label-shifted stream is expected to trip it).
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def _loop(c: TTAConfigs, method: TTAMethod, stream, domains, device, on_domain_s
         row |= {"error": errors / len(pred), "online_error": wrong / seen}
         row |= {k: v for k, v in metrics.items()}
         if len(held) == window or b == len(stream) - 1:
-            row |= monitor.update(len(rows), torch.cat(held))
+            row |= monitor.update(b, torch.cat(held))  # "epoch" = the batch closing the window
             held = []
         rows.append(row)
     return rows, torch.cat(preds), monitor
