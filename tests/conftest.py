@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from da.config import compose
 
@@ -35,3 +37,28 @@ def run_cli(*args: str, cwd: str | None = None, timeout: int = 300) -> subproces
     return subprocess.run(
         [sys.executable, "-m", "da.run", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A folder task small enough that evaluation costs nothing: 3 classes x 16 random 28x28 RGB images per domain
+    (the numbers mean nothing; only their equality is checked)."""
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for domain in ("src", "tgt"):
+        for i in range(48):
+            (root / domain / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(
+                root / domain / f"c{i % 3}" / f"{i}.png"
+            )
+    return [
+        "dataset=folder",
+        f"dataset.root={root}",
+        "dataset.source=src",
+        "dataset.target=tgt",
+        "dataset.resize=28",
+        "dataset.crop=28",
+        "dataset.flip=false",
+        "trainer.batch_size=8",
+        "backbone=lenet",
+    ]

@@ -167,7 +167,8 @@ def config(*overrides: str):
 
     name = next((o.split("=", 1)[1] for o in overrides if o.startswith("method=")), "dann")
     rest = [o for o in overrides if not o.startswith("method=")]
-    cfg = da.compose([*TINY, f"method={BASES.get(name, name)}", *rest])
+    tiny = [o for o in TINY if not o.startswith("dataset.")] if any(o.startswith("dataset=") for o in rest) else TINY
+    cfg = da.compose([*tiny, f"method={BASES.get(name, name)}", *rest])
     with open_dict(cfg):
         cfg.method.name = name
     return cfg

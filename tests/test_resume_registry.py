@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import csv
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from da.callbacks import Callback
 from da.config import compose
@@ -40,31 +38,6 @@ class StopAfter(Callback):
     def on_epoch_end(self, trainer, row) -> None:
         if trainer.epoch == self.epoch:
             raise Interrupted
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """A folder task small enough that evaluation costs nothing: 3 classes x 16 random 28x28 RGB images per domain
-    (the numbers mean nothing; only their equality is checked)."""
-    root = tmp_path_factory.mktemp("folder")
-    rng = np.random.default_rng(0)
-    for domain in ("src", "tgt"):
-        for i in range(48):
-            (root / domain / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(
-                root / domain / f"c{i % 3}" / f"{i}.png"
-            )
-    return [
-        "dataset=folder",
-        f"dataset.root={root}",
-        "dataset.source=src",
-        "dataset.target=tgt",
-        "dataset.resize=28",
-        "dataset.crop=28",
-        "dataset.flip=false",
-        "trainer.batch_size=8",
-        "backbone=lenet",
-    ]
 
 
 def _log(run_dir) -> list[dict[str, str]]:

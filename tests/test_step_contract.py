@@ -50,8 +50,8 @@ def _resume_equals_uninterrupted(tmp_path, *overrides: str) -> dict:
 
 
 @pytest.mark.parametrize("name", OWN_STEP)
-def test_an_own_step_method_trains_in_bf16_and_resumes_after_kill_9(tmp_path, name):
-    results = _resume_equals_uninterrupted(tmp_path, f"method={name}", "trainer.epochs=3")
+def test_an_own_step_method_trains_in_bf16_and_resumes_after_kill_9(tmp_path, tiny_folder, name):
+    results = _resume_equals_uninterrupted(tmp_path, *tiny_folder, f"method={name}", "trainer.epochs=3")
     assert results["precision"] == "bfloat16" and results["method"] == name and results["steps"] == 12
     assert 0 <= results["target_acc"] <= 1
 
@@ -71,8 +71,9 @@ def test_flexmatch_counts_resume_exactly(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="torchrun with gloo on Linux")
-def test_own_step_methods_under_two_rank_ddp_keep_the_ranks_equal(tmp_path):
-    out = _driver(tmp_path, None, f"methods={','.join(OWN_STEP)}", "trainer.epochs=2", torchrun=True, bf16=False)
+def test_own_step_methods_under_two_rank_ddp_keep_the_ranks_equal(tmp_path, tiny_folder):
+    names = f"methods={','.join(OWN_STEP)}"
+    out = _driver(tmp_path, None, *tiny_folder, names, "trainer.epochs=2", torchrun=True, bf16=False)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     for name in OWN_STEP:
         run = tmp_path / name
