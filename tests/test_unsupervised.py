@@ -150,7 +150,8 @@ def shot_run(tmp_path_factory):
 def test_shot_adaptation_touches_no_source_sample(shot_run):
     _, stage, result, spies = shot_run
     assert result["init"] == stage and result["source_acc"] is None
-    assert len(spies) == 4 and all(s.touched == 0 for s in spies[:2])  # SHOT's; then fixmatch's, which failed
+    # SHOT's task; then fixmatch's: built for its pre-start checks, and again in its source stage, which failed
+    assert len(spies) == 6 and all(s.touched == 0 for s in spies[:2])
     assert sum(s.touched for s in spies[2:]) == 1
 
 
