@@ -23,8 +23,9 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# Two pytest workers (CI has 2 cores), one thread each: most of the time is subprocesses and small runs.
 test: lint
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2
 
 paper: install
 	$(PY) paper/build.py
