@@ -15,7 +15,7 @@ import torch
 
 from da import losses
 from da.errors import ConfigError
-from da.methods.base import METHODS, MethodConfig
+from da.methods.base import METHODS, MethodConfig, check_source_stage
 from da.methods.nrc import NeighbourBanks
 
 
@@ -40,10 +40,7 @@ class AaD(NeighbourBanks):
                 raise ConfigError(f"method.k must be >= 1, got {self.k}")
             if self.alpha < 0 or self.beta < 0:
                 raise ConfigError("method.alpha and method.beta must be >= 0")
-            if not 0.0 <= self.source_label_smoothing < 1.0:
-                raise ConfigError(f"method.source_label_smoothing must be in [0, 1), got {self.source_label_smoothing}")
-            if self.source_epochs is not None and self.source_epochs < 1:
-                raise ConfigError(f"method.source_epochs must be >= 1 or null, got {self.source_epochs}")
+            check_source_stage(self)
 
     def training_step(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
         c = self.cfg

@@ -66,6 +66,14 @@ class AdaptationConfig(MethodConfig):
             raise ConfigError(f"method.mic_block_size must be >= 1 or null, got {self.mic_block_size}")
 
 
+def check_source_stage(cfg) -> None:
+    """The checks of a method that trains from a source stage (``source_epochs``, ``source_label_smoothing``)."""
+    if not 0.0 <= cfg.source_label_smoothing < 1.0:
+        raise ConfigError(f"method.source_label_smoothing must be in [0, 1), got {cfg.source_label_smoothing}")
+    if cfg.source_epochs is not None and cfg.source_epochs < 1:
+        raise ConfigError(f"method.source_epochs must be >= 1 or null, got {cfg.source_epochs}")
+
+
 class Method(nn.Module):
     """A transfer method: owns the model and any extra modules (discriminators), and defines one step.
 

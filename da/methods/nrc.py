@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from da import distributed, losses
 from da.errors import ConfigError
-from da.methods.base import METHODS, EpochContext, Method, MethodConfig
+from da.methods.base import METHODS, EpochContext, Method, MethodConfig, check_source_stage
 
 
 class NeighbourBanks(Method):
@@ -86,10 +86,7 @@ class NRC(NeighbourBanks):
                 raise ConfigError(f"method.k and method.kk must be >= 1, got {self.k} and {self.kk}")
             if self.r < 0 or self.epsilon <= 0:
                 raise ConfigError("method.r must be >= 0 and method.epsilon > 0")
-            if not 0.0 <= self.source_label_smoothing < 1.0:
-                raise ConfigError(f"method.source_label_smoothing must be in [0, 1), got {self.source_label_smoothing}")
-            if self.source_epochs is not None and self.source_epochs < 1:
-                raise ConfigError(f"method.source_epochs must be >= 1 or null, got {self.source_epochs}")
+            check_source_stage(self)
 
     def training_step(self, batch_s, batch_t, progress: float) -> dict[str, torch.Tensor]:
         c = self.cfg

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from da import losses
 from da.errors import ConfigError
-from da.methods.base import METHODS, EpochContext, Method, MethodConfig
+from da.methods.base import METHODS, EpochContext, Method, MethodConfig, check_source_stage
 
 
 def shot_pseudo_labels(probs: torch.Tensor, features: torch.Tensor, rounds: int = 1) -> torch.Tensor:
@@ -61,10 +61,7 @@ class SHOT(Method):
             super().__post_init__()
             if self.beta < 0 or self.im_weight < 0 or self.refine_rounds < 0:
                 raise ConfigError("method.beta, method.im_weight and method.refine_rounds must be >= 0")
-            if not 0.0 <= self.source_label_smoothing < 1.0:
-                raise ConfigError(f"method.source_label_smoothing must be in [0, 1), got {self.source_label_smoothing}")
-            if self.source_epochs is not None and self.source_epochs < 1:
-                raise ConfigError(f"method.source_epochs must be >= 1 or null, got {self.source_epochs}")
+            check_source_stage(self)
 
     kind = "unsupervised"
     extra_state = ("pseudo_labels", "_labels_t")
