@@ -74,6 +74,8 @@ class TrainerConfig:
     # warn (and record results.json "collapse") when the target's predicted-class entropy falls below this x its peak
     collapse_fraction: float = unfingerprinted(0.85)
     tensorboard: bool = unfingerprinted(False)  # also write <run>/tensorboard (pip install 'da[tensorboard]')
+    # predictions.npz of the reported weights (label-free: target-train logits + features, source-val): all; logits; none
+    save_predictions: str = unfingerprinted("all")
 
     def __post_init__(self) -> None:
         self.data_on_device = str(self.data_on_device).lower()
@@ -96,6 +98,8 @@ class TrainerConfig:
             raise ConfigError("trainer.lr_gamma and trainer.lr_decay must be >= 0")
         if not 0 <= self.collapse_fraction < 1:
             raise ConfigError(f"trainer.collapse_fraction must be in [0, 1), got {self.collapse_fraction}")
+        if self.save_predictions not in ("all", "logits", "none"):
+            raise ConfigError(f"trainer.save_predictions must be all, logits or none, got {self.save_predictions!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown trainer.lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from da import checkpoint, distributed
+from da import checkpoint, distributed, predictions
 from da.build import build_run, typed_configs
 from da.callbacks import Callback
 from da.checkpoint import fingerprint, read_resumable
@@ -109,10 +109,12 @@ def fit(
         del resume_state
         trainer.fit()
         results = _results(cfg, parts, trainer, resolved, init_path).to_dict()  # every rank: gathers predictions
+        data = trainer.evaluator.validation_data()  # the reported weights' (cached: the forward ran for results)
         if main:
             checkpoint.save(method.model.state_dict(), os.path.join(run_dir, checkpoint.MODEL))  # reported weights
             if task.skipped:  # every unreadable file, with its reason (results.json holds the count)
                 write_text(os.path.join(run_dir, "skipped_files.txt"), "\n".join(task.skipped) + "\n")
+            predictions.save(run_dir, data, configs.trainer.save_predictions)  # for choices across runs
             write_json(os.path.join(run_dir, "results.json"), results)
             (log.debug if quiet else log.info)(summary(results, run_dir))
         distributed.barrier()  # the other ranks go on (e.g. from a source stage) once rank 0 has written
