@@ -76,6 +76,7 @@ class TrainerConfig:
     tensorboard: bool = unfingerprinted(False)  # also write <run>/tensorboard (pip install 'da[tensorboard]')
     # predictions.npz of the reported weights (label-free: target-train logits + features, source-val): all; logits; none
     save_predictions: str = unfingerprinted("all")
+    report: bool = unfingerprinted(True)  # report.html + its figures in the run folder at the end (da/report.py)
 
     def __post_init__(self) -> None:
         self.data_on_device = str(self.data_on_device).lower()
