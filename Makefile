@@ -1,23 +1,31 @@
-# `make run` trains the default experiment; `make test` runs ruff + pytest. Both create .venv first.
+# `make run` trains the default experiment (installing only what a run needs); `make test` runs ruff + pytest
+# (installing the dev tools too). Both create .venv first; then `.venv/bin/da ...` (or `source .venv/bin/activate`).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format clean paper benchmark-digits
+.PHONY: install install-run run test lint format clean paper tables benchmark-digits screenshot
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+$(RUN_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+install-run: $(RUN_STAMP)
 
 install: $(STAMP)
 
-run: install
-	$(PY) -m da.run $(ARGS)
+run: install-run
+	$(VENV)/bin/da train $(ARGS)
 
 lint: install
 	$(PY) -m ruff check .
@@ -29,6 +37,14 @@ test: lint
 
 paper: install
 	$(PY) paper/build.py
+
+# README's and the paper's results tables, regenerated from benchmarks/results (tests/test_paper.py checks them)
+tables: install-run
+	$(PY) -m benchmarks.report --write
+
+# a headless-Chromium screenshot of a run's report.html (apt-get install chromium): make screenshot RUN=<run folder>
+screenshot:
+	scripts/screenshot_report.sh $(RUN)
 
 benchmark-digits: install
 	$(PY) -m benchmarks.run suite=digits

@@ -1,20 +1,43 @@
 """da: transfer learning and domain adaptation in PyTorch (inductive, transductive, unsupervised).
 
 The top-level names load lazily, so ``import da.losses`` costs what the losses cost (torch), not the whole
-experiment stack (Hydra, torchvision models, the trainer).
+experiment stack (Hydra, torchvision models, the trainer)::
+
+    import da
+
+    result = da.fit(["method=dann", "trainer.epochs=5"])  # or da.fit({"method": "dann"}); returns a FitResult
+    run = da.load_run(result.run_dir)  # the trained model, its class names and preprocessing; no dataset needed
+    da.list_methods()  # every method with its kind and a one-line description
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["compose", "fit", "load_run"]
+__all__ = [
+    "compose",
+    "fit",
+    "list_backbones",
+    "list_datasets",
+    "list_methods",
+    "list_validators",
+    "load_run",
+]
 __version__ = "0.1.0"
 
-_LAZY = {"compose": "da.config", "fit": "da.experiment", "load_run": "da.build"}
+_LAZY = {
+    "compose": "da.config",
+    "fit": "da.experiment",
+    "load_run": "da.build",
+    "list_methods": "da.catalog",
+    "list_datasets": "da.catalog",
+    "list_backbones": "da.catalog",
+    "list_validators": "da.catalog",
+}
 
 if TYPE_CHECKING:
     from da.build import load_run
+    from da.catalog import list_backbones, list_datasets, list_methods, list_validators
     from da.config import compose
     from da.experiment import fit
 
@@ -25,3 +48,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'da' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -158,6 +158,7 @@ class LoadedRun:
     results: dict[str, Any]
     method: Method
     _task: Task | None = field(default=None, repr=False)
+    _preprocessing: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def model(self) -> ImageClassifier:
@@ -176,23 +177,56 @@ class LoadedRun:
             self._task = build_run(self.cfg, pretrained=False).task
         return self._task
 
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """How an image becomes the network's input (``preprocessing.json``; built from the task for an older run)."""
+        if self._preprocessing is None:
+            from da.inference import describe
+
+            self._preprocessing = describe(self.task, str(self.cfg.dataset.name))
+        return self._preprocessing
+
+    @property
+    def class_names(self) -> list[str]:
+        """The names of the classes, in the order of the logits."""
+        return list(self.preprocessing["class_names"])
+
 
 def load_run(run_dir: str, device: str = "cpu", tasks: dict | None = None) -> LoadedRun:
     """The trained model of a finished run folder (its reported weights, ``model.pt``) and its config; a folder
-    that cannot be read (unfinished, corrupt config.yaml or model.pt) is one ConfigError. ``tasks`` caches
-    built tasks across calls (as :func:`build_run`): runs of one task share it."""
+    that cannot be read (unfinished, corrupt config.yaml or model.pt) is one ConfigError.
+
+    A run folder with ``preprocessing.json`` (written by every run since it exists) is loaded without its
+    dataset: the model is built from config.yaml and that file, and ``LoadedRun.task`` builds the task only when
+    asked. An older folder builds its task (``tasks`` caches built tasks across calls, as :func:`build_run`)."""
+    from da.inference import read_preprocessing
+
     results = checkpoint_results(run_dir)
     cfg = _read_config(os.path.join(run_dir, "config.yaml"))
-    parts = build_run(cfg, tasks=tasks, pretrained=False)
+    prep = read_preprocessing(run_dir)
+    if prep is None:
+        parts = build_run(cfg, tasks=tasks, pretrained=False)
+        method, task = parts.method, parts.task
+    else:
+        method, task = _method_from(cfg, prep), None
     path = os.path.join(run_dir, checkpoint.MODEL)
     state = checkpoint.load(path, "load_run")  # weights only: a shared run folder runs no code
     try:
-        parts.method.model.load_state_dict(state)
+        method.model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
         first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err).splitlines()[0])
         raise ConfigError(f"load_run: {path} does not match the model config.yaml describes ({first[:160]})") from err
-    parts.method.to(device).eval()
-    return LoadedRun(run_dir, cfg, results, parts.method, parts.task)
+    method.to(device).eval()
+    return LoadedRun(run_dir, cfg, results, method, task, prep)
+
+
+def _method_from(cfg: DictConfig, prep: dict[str, Any]) -> Method:
+    """The run's method around an untrained model of the right shape, from config.yaml and preprocessing.json."""
+    configs = typed_configs(cfg)
+    backbone_cfg = BackboneConfig(**{**vars(configs.backbone), "weights": None, "checkpoint": None})
+    classes = len(prep["class_names"])
+    model = build_model(backbone_cfg, classes, int(prep["channels"]), int(prep["crop"]))
+    return configs.method_cls(model, configs.method, classes)
 
 
 def _read_config(path: str) -> DictConfig:

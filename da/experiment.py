@@ -15,6 +15,7 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from da import checkpoint, distributed, predictions
@@ -23,6 +24,8 @@ from da.callbacks import Callback
 from da.checkpoint import fingerprint, read_resumable
 from da.errors import ConfigError
 from da.evaluate import accuracy, per_class_accuracy
+from da.inference import save_preprocessing
+from da.report import TestPredictions, source_acc_name, write_report
 from da.results import Results, git_commit, versions
 from da.runfolder import locked_run_dir, read_json, write_json, write_text
 from da.runlog import log_to_run_folder
@@ -68,15 +71,27 @@ def resolve_init(cfg: DictConfig, method_cls: type, run_dir: str, quiet: bool = 
 
 
 def fit(
-    cfg: DictConfig, run_dir: str | None = None, quiet: bool = False, callbacks: list[Callback] | None = None
-) -> dict[str, Any]:
-    """Train and evaluate the experiment ``cfg`` describes; write the run folder; return results.json's content.
+    cfg: DictConfig | list[str] | dict[str, Any] | None = None,
+    run_dir: str | None = None,
+    quiet: bool = False,
+    callbacks: list[Callback] | None = None,
+) -> FitResult:
+    """Train and evaluate the experiment ``cfg`` describes; write the run folder; return its results.
 
-    ``cfg`` is a composed config (``da.compose([...])`` in a notebook, Hydra's in the CLI). A reused
-    ``run_dir`` holding a checkpoint of the same config resumes from it; one of another config is refused
-    (naming the keys that differ) and the folder is left untouched. ``callbacks``: listeners of the training
-    loop (:class:`da.callbacks.Callback`), called after the built-in ones.
+    Args:
+        cfg: the experiment: a composed config (``da.compose([...])``, Hydra's in the CLI), a list of overrides
+            as on the command line (``["method=dann", "trainer.epochs=2"]``), a dict of them
+            (``{"method": "dann", "trainer.epochs": 2}``) or None (the defaults: DANN on the digits task).
+        run_dir: the run folder; None: ``outputs/<dataset>/<source>_to_<target>/<method>/seed<s>_<time>``. A folder
+            holding a checkpoint of the same config resumes from it; one of another config is refused (naming the
+            keys that differ) and left untouched.
+        quiet: log the summary line at debug level instead of info.
+        callbacks: listeners of the training loop (:class:`da.callbacks.Callback`), called after the built-in ones.
+
+    Returns:
+        :class:`FitResult`: results.json's content as a dict, with the run folder as ``.run_dir``.
     """
+    cfg = as_config(cfg)
     configs = typed_configs(cfg)  # every section checked before the run folder is touched
     distributed.init_from_env(str(cfg.device))  # under torchrun: join the process group (da/distributed.py)
     device = distributed.device_for_rank(select_device(str(cfg.device)))
@@ -108,27 +123,83 @@ def fit(
         )
         del resume_state
         trainer.fit()
-        results = _results(cfg, parts, trainer, resolved, init_path).to_dict()  # every rank: gathers predictions
+        record, tgt, src = _results(cfg, parts, trainer, resolved, init_path)  # every rank: gathers predictions
+        results = record.to_dict()
         data = trainer.evaluator.validation_data()  # the reported weights' (cached: the forward ran for results)
         if main:
             checkpoint.save(method.model.state_dict(), os.path.join(run_dir, checkpoint.MODEL))  # reported weights
             if task.skipped:  # every unreadable file, with its reason (results.json holds the count)
                 write_text(os.path.join(run_dir, "skipped_files.txt"), "\n".join(task.skipped) + "\n")
             predictions.save(run_dir, data, configs.trainer.save_predictions)  # for choices across runs
+            save_preprocessing(run_dir, task, str(cfg.dataset.name))  # load_run / da predict need no dataset
+            if configs.trainer.report:
+                write_report(run_dir, results, _test_predictions(tgt, src), list(task.class_names))
             write_json(os.path.join(run_dir, "results.json"), results)
             (log.debug if quiet else log.info)(summary(results, run_dir))
         distributed.barrier()  # the other ranks go on (e.g. from a source stage) once rank 0 has written
-    return results
+    return FitResult(results, run_dir=os.path.abspath(run_dir))
 
 
-def _results(cfg: DictConfig, parts, trainer: Trainer, resolved: dict, init_path: str | None) -> Results:
+class FitResult(dict):
+    """What :func:`fit` returns: results.json's content (a dict, as before) and ``run_dir``, the run folder."""
+
+    def __init__(self, results: dict[str, Any], run_dir: str) -> None:
+        super().__init__(results)
+        self.run_dir = run_dir
+
+    def __repr__(self) -> str:
+        return f"FitResult(run_dir={self.run_dir!r}, target_acc={self.get('target_acc')!r})"
+
+
+def as_config(cfg: DictConfig | list[str] | dict[str, Any] | None) -> DictConfig:
+    """``fit``'s config argument as a composed config: a composed config as it is; a list of overrides
+    (``["method=dann", "trainer.epochs=2"]``) or a dict of them (``{"method": "dann", "trainer.epochs": 2}``)
+    composed onto the defaults, as the command line would."""
+    if isinstance(cfg, DictConfig):
+        return cfg
+    from da.config import compose
+
+    if cfg is None:
+        return compose([])
+    if isinstance(cfg, str):
+        raise ConfigError(f"fit: pass a list of overrides, e.g. da.fit([{cfg!r}]), not a string")
+    if isinstance(cfg, dict):
+        return compose([f"{k}={_override_value(v)}" for k, v in cfg.items()])
+    if isinstance(cfg, list | tuple) and all(isinstance(a, str) for a in cfg):
+        return compose(list(cfg))
+    raise ConfigError(f"fit: cfg must be a composed config, a list of overrides or a dict, got {type(cfg).__name__}")
+
+
+def _override_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list | tuple):
+        return "[" + ",".join(_override_value(x) for x in v) + "]"
+    return str(v)
+
+
+def _test_predictions(tgt, src) -> TestPredictions:
+    def np_(t):
+        return None if t is None else t.detach().float().cpu().numpy()
+
+    return TestPredictions(
+        np_(tgt.logits), np_(tgt.labels).astype(np.int64), np_(tgt.features),
+        np_(src.features) if src is not None else None,
+        np_(src.labels).astype(np.int64) if src is not None else None,
+    )  # fmt: skip
+
+
+def _results(cfg: DictConfig, parts, trainer: Trainer, resolved: dict, init_path: str | None):
+    """results.json's record, and the target (and source) test predictions it was computed from."""
     method, task, ev, rt = parts.method, parts.task, trainer.evaluator, trainer.runtime
     tgt = ev.predict(task.target_test)  # under the training's precision, as the per-epoch curves
     src = ev.predict(task.source_test) if method.uses_source else None
     read = ("target_train", "target_test", "val") + (
         ("source_train", "source_val", "source_test") if method.uses_source else ()
     )
-    return Results(
+    record = Results(
         method=parts.configs.method.name,
         dataset=task.name,
         source=task.source,
@@ -159,14 +230,27 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, resolved: dict, init_path
         git_commit=git_commit(),
         config=resolved,
     )
+    return record, tgt, src
 
 
 def summary(results: dict[str, Any], run_dir: str) -> str:
+    """The run's closing lines: the task as trained, the reported epoch and how it was chosen, the accuracies
+    named for what they measured, the run folder and its report."""
     r = results
+    budget = r.get("budget")
+    if budget:  # inductive: trained on a labelled budget of the target itself
+        task = f"{r['dataset']} {r['target']} ({budget.get('train')} labelled training images)"
+    else:
+        task = f"{r['dataset']} {r['source']}->{r['target']}"
+    sel = r.get("selection") or {}
+    rule = sel.get("rule", "last")
+    chosen = f"epoch {sel.get('epoch', r['epochs'])}/{r['epochs']}" + ("" if rule == "last" else f" by {rule}")
+    report = os.path.join(run_dir, "report.html")
     return (
-        f"{r['method']} on {r['dataset']} {r['source']}->{r['target']} ({r['backbone']}, seed {r['seed']}, "
-        f"{r['epochs']} epochs, {r['train_seconds']:.0f}s): source acc {_pct(r['source_acc'])}, "
-        f"target acc {_pct(r['target_acc'])}{_baseline_note(r, run_dir)}\nrun folder: {run_dir}"
+        f"{r['method']} on {task} ({r['backbone']}, seed {r['seed']}, {r['steps']} steps, "
+        f"{r['train_seconds']:.0f}s), reported weights: {chosen}: {source_acc_name(r)} {_pct(r['source_acc'])}, "
+        f"target test acc {_pct(r['target_acc'])}{_baseline_note(r, run_dir)}\nrun folder: {run_dir}"
+        + (f"\nreport: {report}" if os.path.isfile(report) else "")
     )
 
 

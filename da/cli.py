@@ -1,0 +1,277 @@
+"""The ``da`` command: train, list, report, predict, export (and select / portfolio across runs).
+
+``da train [key=value ...]`` is ``python -m da.run``; every other subcommand works on finished run folders.
+Bad input is one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+EPILOG = """examples:
+  da train                                   # DANN on the embedded digits task (no download), ~20 s on a CPU
+  da train method=source_only seed=1         # any key=value override of the config
+  da train -m method=source_only,dann seed=0,1,2   # a sweep; ends with a summary table and chart
+  da list methods                            # every method with its kind and a one-line description
+  da report outputs/digits/fonts_to_sklearn/dann/seed0_<time>   # (re)write a run's report.html
+  da report multirun/<time>                  # summary.md / summary.png of every run under a folder
+  da predict RUN my_images/ -o predictions.csv
+  da export RUN --format onnx
+
+`da <command> --help` describes each command."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one ``error:`` line and exit status 2 (no usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _train(args: argparse.Namespace, rest: list[str]) -> int:
+    from da import run
+
+    sys.argv = ["da train", *rest]
+    run.main()
+    return 0
+
+
+def _list(args: argparse.Namespace, rest: list[str]) -> int:
+    from da.catalog import LISTS
+
+    entries = LISTS[args.what]()
+    width = max((len(e.name) for e in entries), default=4)
+    kind_width = max((len(e.kind) for e in entries), default=4)
+    show_kind = args.what in ("methods", "validators")
+    for e in entries:
+        kind = f"{e.kind:<{kind_width}}  " if show_kind else ""
+        print(f"{e.name:<{width}}  {kind}{e.description}")
+    if args.what == "methods":
+        print("\nkinds: transductive (labelled source + unlabelled target), unsupervised (source-free or pseudo-label "
+              "methods; target images only after the source stage), inductive (a labelled target budget)")  # fmt: skip
+    return 0
+
+
+def _report(args: argparse.Namespace, rest: list[str]) -> int:
+    from da.report import REPORT, write_summary
+
+    folder = args.folder
+    if not os.path.isdir(folder):
+        return fail(f"{folder}: no such folder")
+    if os.path.isfile(os.path.join(folder, "results.json")) and not args.summary:
+        path = rewrite_report(folder, args.device)
+        print(path)
+        return 0
+    table, rows = write_summary(folder)
+    if not rows:
+        return fail(f"{folder}: no finished run (results.json) under it")
+    print(table, end="")
+    print(f"summary of {sum(r['runs'] for r in rows)} runs: {os.path.join(folder, 'summary.md')} (+ .csv, .png)")
+    missing = [r for r in _runs(folder) if not os.path.isfile(os.path.join(r, REPORT))]
+    if missing:
+        print(f"{len(missing)} run(s) have no {REPORT}: `da report <run>` writes one")
+    return 0
+
+
+def _runs(folder: str) -> list[str]:
+    from da.report import find_runs
+
+    return find_runs(folder)
+
+
+def rewrite_report(run_dir: str, device: str = "cpu") -> str:
+    """Write a finished run's report.html again (its dataset must be readable: the figures use the test images)."""
+    import torch
+
+    from da.build import load_run
+    from da.evaluate import predict
+    from da.experiment import _test_predictions
+    from da.report import write_report
+
+    run = load_run(run_dir, device)
+    task = run.task
+    dev = torch.device(device)
+    tgt = predict(run.method, task.target_test, dev)
+    src = predict(run.method, task.source_test, dev) if run.method.uses_source else None
+    return write_report(run_dir, run.results, _test_predictions(tgt, src), list(task.class_names))
+
+
+def _predict(args: argparse.Namespace, rest: list[str]) -> int:
+    from da.build import load_run
+    from da.inference import image_files, predict_files, write_predictions_csv
+
+    files = image_files(args.images)
+    run = load_run(args.run, args.device)
+    probs = predict_files(run, files)
+    out = args.output or "-"
+    if out == "-":
+        write_predictions_csv(sys.stdout, files, probs, run.class_names)
+    else:
+        with open(out, "w", newline="") as fh:
+            write_predictions_csv(fh, files, probs, run.class_names)
+        print(f"{len(files)} images -> {out}", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace, rest: list[str]) -> int:
+    from da.build import load_run
+    from da.inference import export
+
+    run = load_run(args.run, "cpu")
+    path, diff = export(run, args.format, args.output)
+    prep = run.preprocessing
+    print(
+        f"{path}: input (batch, {prep['channels']}, {prep['crop']}, {prep['crop']}) normalised as "
+        f"{os.path.join(args.run, 'preprocessing.json')} says; output logits over {len(prep['class_names'])} "
+        f"classes; loaded back: largest difference from the run {diff:.1e}"
+    )
+    return 0
+
+
+def _crossrun(name: str) -> Callable[[argparse.Namespace, list[str]], int]:
+    def handler(args: argparse.Namespace, rest: list[str]) -> int:
+        try:
+            from da import crossrun
+        except ImportError:
+            return fail(f"da {name} needs da.crossrun, which this version does not have")
+        return int(getattr(crossrun, f"main_{name}")(rest) or 0)
+
+    return handler
+
+
+def parser(groups: bool = False) -> Parser:
+    """The ``da`` argument parser; ``groups``: list the config groups' options in ``da train --help``."""
+    p = Parser(
+        prog="da",
+        description="Transfer learning and domain adaptation in PyTorch: train runs, inspect and use them.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"da {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    def add(name: str, help: str, epilog: str, handler) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        s.set_defaults(handler=handler)
+        return s
+
+    add(
+        "train",
+        "Train one run (or a sweep with -m): `python -m da.run` with the same key=value overrides.",
+        "examples:\n  da train method=dann trainer.epochs=5\n  da train -m method=source_only,dann seed=0,1,2\n"
+        "  da train dataset=folder dataset.root=~/my_images dataset.source=photos dataset.target=sketches\n"
+        "  da train --cfg job        # print the composed config (Hydra's flags work too)\n\n"
+        "keys: `da train --cfg job` prints them all, with their values; each is declared, with its default and a "
+        "comment, in a dataclass (da/config.py, da/methods/<name>.py, da/data/, da/backbones.py).\n"
+        + (_groups() if groups else ""),
+        _train,
+    )
+    s = add(
+        "list",
+        "List what can be chosen: methods (with their kind), datasets, backbones or validators.",
+        "examples:\n  da list methods\n  da list validators",
+        _list,
+    )
+    s.add_argument("what", choices=["methods", "datasets", "backbones", "validators"])
+    s = add(
+        "report",
+        "Write a run's report.html again, or summarise every run under a folder (a sweep).",
+        "examples:\n  da report outputs/digits/fonts_to_sklearn/dann/seed0_<time>\n  da report multirun/<time>\n\n"
+        "A run's report needs its dataset (the figures use the test images); a summary reads results.json only.",
+        _report,
+    )
+    s.add_argument("folder", help="a run folder (holding results.json) or a folder of runs")
+    s.add_argument("--summary", action="store_true", help="summarise even when FOLDER is a single run")
+    s.add_argument("--device", default="cpu", help="device for the forward passes (default: cpu)")
+    s = add(
+        "predict",
+        "Classify image files with a finished run's model; writes a CSV of the predicted class and every class's "
+        "probability. Needs no training data: the run folder holds the preprocessing and class names.",
+        "examples:\n  da predict RUN image.png\n  da predict RUN folder_of_images/ -o predictions.csv",
+        _predict,
+    )
+    s.add_argument("run", help="a finished run folder")
+    s.add_argument("images", help="an image file or a folder (searched recursively)")
+    s.add_argument("-o", "--output", help="the CSV file to write (default: standard output)")
+    s.add_argument("--device", default="cpu", help="device (default: cpu)")
+    s = add(
+        "export",
+        "Export a finished run's network (normalised images -> logits) as TorchScript or ONNX; the file is loaded "
+        "back and checked against the run.",
+        "examples:\n  da export RUN --format torchscript      # RUN/model.torchscript.pt (torch.jit.load)\n"
+        "  da export RUN --format onnx -o model.onnx    # onnxruntime.InferenceSession\n\n"
+        "The input is what RUN/preprocessing.json describes (resize, centre crop, /255, mean/std).",
+        _export,
+    )
+    s.add_argument("run", help="a finished run folder")
+    s.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    s.add_argument("-o", "--output", help="the file to write (default: inside the run folder)")
+    for name, text in (
+        ("select", "Choose among finished runs without target labels (a cross-run rule); see da select --help."),
+        ("portfolio", "Combine finished runs' label-free predictions; see da portfolio --help."),
+    ):
+        s = sub.add_parser(name, help=text, description=text, add_help=False)
+        s.set_defaults(handler=_crossrun(name))
+    return p
+
+
+def _groups() -> str:
+    """The options of the config groups, for ``da train --help``."""
+    import textwrap
+
+    from da.config import group_options
+
+    return "\n".join(
+        textwrap.fill(", ".join(group_options(g)), 116, initial_indent=f"  {g}=", subsequent_indent="    ")
+        for g in ("method", "dataset", "backbone")
+    )
+
+
+def _version() -> str:
+    from da import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``da`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    if not argv:
+        p.print_help()
+        return 2
+    if argv[0] == "train" and any(a in ("-h", "--help") for a in argv[1:]):
+        parser(groups=True).parse_args(["train", "--help"])  # prints the help (with the groups' options) and exits 0
+    if argv[0] in ("train", "select", "portfolio"):  # every later argument belongs to the command itself
+        args, rest = p.parse_args(argv[:1]), argv[1:]
+    else:
+        args, rest = p.parse_args(argv), []
+    from da.errors import ConfigError
+
+    try:
+        return args.handler(args, rest)
+    except ConfigError as err:
+        return fail(str(err))
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except BrokenPipeError:  # `da list methods | head`
+        sys.stderr.close()
+        return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,196 @@
+"""Using a finished run without its training data: preprocessing, predictions on image files, export.
+
+At the end of every run :func:`save_preprocessing` writes ``<run>/preprocessing.json``: the class names and how an
+image becomes the network's input (channels, resize, centre crop, scale, mean/std) — what the run's test split
+did to its images. :func:`da.build.load_run` builds the model from it and ``config.yaml`` without rebuilding the
+dataset; :func:`predict_files` (``da predict``) reads image files the same way; :func:`export` (``da export``)
+writes TorchScript or ONNX and checks that the file gives the run's logits back.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from da.errors import ConfigError
+from da.runfolder import write_json
+
+if TYPE_CHECKING:
+    from da.build import LoadedRun
+    from da.data.base import Task
+
+FILE = "preprocessing.json"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+FORMATS = ("torchscript", "onnx")
+
+
+def describe(task: Task, dataset: str) -> dict[str, Any]:
+    """How ``task``'s test images were prepared, as a JSON-able dict (see the module docstring)."""
+    from da.data.augment import normalisation
+
+    split = _leaf(task.target_test)
+    transform = getattr(split, "transform", None)
+    x = getattr(split, "x", None)
+    stored = int(x.shape[-1]) if isinstance(x, torch.Tensor) else task.image_size
+    if transform is not None and hasattr(transform, "crop") and hasattr(transform, "mean"):  # decoded folders
+        mean, std, crop = tuple(transform.mean), tuple(transform.std), int(transform.crop)
+    else:  # in-memory float tensors, normalised when the dataset was built
+        mean, std = normalisation(dataset, task.notes)
+        crop = task.image_size
+    return {
+        "dataset": dataset,
+        "domain": task.target,
+        "class_names": list(task.class_names),
+        "channels": int(task.in_channels),
+        "resize": stored,  # an image is resized (bilinear) to resize x resize ...
+        "crop": crop,  # ... then centre-cropped to crop x crop (the network's input size)
+        "scale": 255.0,  # 8-bit pixels / scale -> [0, 1]
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+    }
+
+
+def _leaf(split: Any) -> Any:
+    """The tensor dataset under a split's wrappers (an inductive task's test split is a concatenation of subsets)."""
+    for _ in range(8):
+        inner = getattr(split, "datasets", None)
+        if inner:
+            split = inner[0]
+            continue
+        inner = getattr(split, "dataset", None) or getattr(split, "base", None)
+        if inner is None:
+            return split
+        split = inner
+    return split
+
+
+def save_preprocessing(run_dir: str, task: Task, dataset: str) -> str:
+    path = os.path.join(run_dir, FILE)
+    write_json(path, describe(task, dataset))
+    return path
+
+
+def read_preprocessing(run_dir: str) -> dict[str, Any] | None:
+    """The run's preprocessing.json, or None for a run that predates it."""
+    path = os.path.join(run_dir, FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as fh:
+            prep = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read ({type(err).__name__})") from err
+    missing = [k for k in ("class_names", "channels", "resize", "crop", "mean", "std") if k not in prep]
+    if missing:
+        raise ConfigError(f"{path}: no {', '.join(missing)}")
+    return prep
+
+
+def image_files(path: str) -> list[str]:
+    """``path`` itself (an image file) or every image file under the folder ``path``, sorted."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path}: no such file or folder")
+    found = [
+        os.path.join(root, f) for root, _, files in os.walk(path) for f in files if f.lower().endswith(IMAGE_SUFFIXES)
+    ]
+    if not found:
+        raise ConfigError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return sorted(found)
+
+
+def load_image(path: str, prep: dict[str, Any]) -> torch.Tensor:
+    """One image file as the network's input (C, crop, crop), prepared as the run's test split was."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if prep["channels"] == 1 else "RGB")
+            img = img.resize((prep["resize"], prep["resize"]), Image.BILINEAR)
+            pixels = np.asarray(img, dtype=np.float32)
+    except Exception as err:  # PIL raises many kinds for a file that is not an image
+        raise ConfigError(f"{path}: not a readable image ({type(err).__name__})") from err
+    x = torch.from_numpy(pixels)
+    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)  # (C, S, S)
+    size, crop = prep["resize"], prep["crop"]
+    if size > crop:  # the centre crop of da.data.batches.CropFlipNormalize
+        top = int(round((size - crop) / 2.0))
+        x = x[:, top : top + crop, top : top + crop]
+    mean = torch.tensor(prep["mean"]).view(-1, 1, 1)
+    std = torch.tensor(prep["std"]).view(-1, 1, 1)
+    return (x / float(prep.get("scale", 255.0)) - mean) / std
+
+
+def predict_files(run: LoadedRun, paths: list[str], batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, K) of image files under the run's reported weights."""
+    prep = run.preprocessing
+    out = []
+    for i in range(0, len(paths), batch_size):
+        x = torch.stack([load_image(p, prep) for p in paths[i : i + batch_size]])
+        out.append(torch.softmax(run.predict(x).float(), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(prep["class_names"])))
+
+
+def write_predictions_csv(fh: IO[str], files: list[str], probs: np.ndarray, class_names: list[str]) -> None:
+    """CSV to ``fh``: file, predicted class, its probability, then one probability column per class."""
+    writer = csv.writer(fh)
+    writer.writerow(["file", "prediction", "probability", *class_names])
+    for f, p in zip(files, probs):
+        k = int(p.argmax())
+        writer.writerow([f, class_names[k], f"{p[k]:.4f}", *(f"{v:.4f}" for v in p)])
+
+
+class _Logits(torch.nn.Module):
+    """The method's ``predict`` as a plain module (what is traced / exported)."""
+
+    def __init__(self, method: torch.nn.Module) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.predict(x)
+
+
+def export(run: LoadedRun, fmt: str, out: str | None = None) -> tuple[str, float]:
+    """Write the run's network (normalised images (B, C, crop, crop) -> logits (B, K)) as TorchScript (``.pt``) or
+    ONNX (``.onnx``), load it back and compare it with the run on a batch; returns (path, largest difference)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    prep = run.preprocessing
+    out = out or os.path.join(run.run_dir, "model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    module = _Logits(run.method.float().cpu()).eval()
+    example = torch.randn(4, prep["channels"], prep["crop"], prep["crop"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = module(example)
+        if fmt == "torchscript":
+            traced = torch.jit.trace(module, example, check_trace=False)
+            traced.save(out)
+            got = torch.jit.load(out)(example)
+        else:
+            got = torch.from_numpy(_onnx(module, example, out)(example.numpy()))
+    return out, float((got - expected).abs().max())
+
+
+def _onnx(module: torch.nn.Module, example: torch.Tensor, out: str):
+    """Export ``module`` to ``out`` with a dynamic batch size; returns a function running it with onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ConfigError("--format onnx needs onnx and onnxruntime: pip install onnx onnxruntime") from err
+    torch.onnx.export(
+        module,
+        (example,),
+        out,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+    session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(["logits"], {"images": x.astype(np.float32)})[0]
