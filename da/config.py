@@ -67,6 +67,11 @@ class TrainerConfig:
     log_every: int = unfingerprinted(25)
     sync_bn: bool = False  # under torchrun: BatchNorm -> SyncBatchNorm (statistics over every rank's batch)
     eval_batch_size: int = 256
+    # evaluate (accuracy curves, validators, collapse monitor) after every k-th epoch and after the last
+    eval_every: int = 1
+    # the label-free validators score a fixed subsample (seed 0) of at most this many target-train and
+    # source-validation images (their cost grows with N; SND's with N^2); null: every image
+    validator_samples: int | None = 2000
     progress_bar: bool = unfingerprinted(True)  # a bar on a terminal, one line per epoch when stdout is a file
     resume: bool = unfingerprinted(True)  # continue from the run folder's checkpoint.pt (refused under another config)
     # torch.use_deterministic_algorithms + deterministic cuDNN (exact reruns on GPU, slower)
@@ -82,9 +87,11 @@ class TrainerConfig:
         self.data_on_device = str(self.data_on_device).lower()
         if self.data_on_device not in DATA_ON_DEVICE:
             raise ConfigError(f"trainer.data_on_device must be auto, true or false, got {self.data_on_device!r}")
-        for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        for key in ("epochs", "batch_size", "eval_batch_size", "log_every", "eval_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+        if self.validator_samples is not None and self.validator_samples < 2:
+            raise ConfigError(f"trainer.validator_samples must be >= 2 or null, got {self.validator_samples}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"trainer.steps_per_epoch must be >= 1 or null, got {self.steps_per_epoch}")
         if not self.lr > 0 or not math.isfinite(self.lr):

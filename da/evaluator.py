@@ -21,7 +21,7 @@ from da.evaluate import Predictions, accuracy, predict
 from da.methods.base import Method
 from da.monitor import CollapseMonitor
 from da.runtime import Runtime, place_splits
-from da.validators import ValidationData, score_all
+from da.validators import ValidationData, score_all, subsample_index
 
 
 def same_images(a: TensorSplit, b: TensorSplit) -> bool:
@@ -37,8 +37,18 @@ class Evaluator:
     cached until :meth:`invalidate` (the loop calls it whenever the weights change).
     """
 
-    def __init__(self, task: Task, method: Method, runtime: Runtime, batch_size: int, collapse_fraction: float):
+    def __init__(
+        self,
+        task: Task,
+        method: Method,
+        runtime: Runtime,
+        batch_size: int,
+        collapse_fraction: float,
+        max_samples: int | None = None,
+        every: int = 1,
+    ):
         self.task, self.method, self.runtime, self.batch_size = task, method, runtime, batch_size
+        self.max_samples, self.every = max_samples, every  # the validators' subsample cap; epochs between evaluations
         self.splits, self.placement = place_splits(
             {
                 "source_train": resolve(task.source_train),
@@ -53,6 +63,11 @@ class Evaluator:
         self.monitor = CollapseMonitor(collapse_fraction)  # label-free: predictions on the unlabelled target
         self._target_train: Predictions | None = None  # one forward per set of weights
         self.seconds = {"forwards": 0.0, "validators": 0.0}  # the last evaluate(), in its two parts
+
+    def due(self, epoch: int, last: int) -> bool:
+        """Whether epoch ``epoch`` is evaluated: every ``every``-th, the last, and every epoch of an inductive task
+        (early stopping reads each one)."""
+        return epoch % self.every == 0 or epoch >= last or self.task.val is not None
 
     def invalidate(self) -> None:
         """The weights changed: predictions are computed afresh when next asked for."""
@@ -89,14 +104,26 @@ class Evaluator:
     def validation_data(self) -> ValidationData:
         """Predictions the label-free validators read: the unlabelled target training split (evaluation
         transform) and, for a method that uses source data, the labelled source validation split. Training's
-        random stream is left untouched (a DataLoader draws a seed from the global RNG)."""
+        random stream is left untouched (a DataLoader draws a seed from the global RNG).
+
+        Both are capped at ``max_samples`` images: a fixed subsample (seed 0, the same for every run, method and
+        epoch, so scores stay comparable) — the validators' cost grows with N (SND with N²). The target training
+        split is still predicted whole (its accuracy, the monitor, pseudo-labels); the source validation split is
+        predicted only where it is sampled."""
         with torch.random.fork_rng(devices=[]):
             tgt = self.predict_target_train()
             src_val = self.splits["source_val"] or (self.task.source_val if self.method.uses_source else None)
+            if isinstance(src_val, TensorSplit) and self.max_samples and len(src_val) > self.max_samples:
+                index = subsample_index(len(src_val), self.max_samples)
+                src_val = TensorSplit(src_val.x[index], src_val.labels[index], src_val.transform)
             src = self.predict(src_val) if src_val is not None and len(src_val) else None
+        logits_t, features_t = tgt.logits, tgt.features
+        if self.max_samples and len(logits_t) > self.max_samples:
+            index = subsample_index(len(logits_t), self.max_samples)
+            logits_t, features_t = logits_t[index], features_t[index]
         if src is None:
-            return ValidationData(tgt.logits, tgt.features)
-        return ValidationData(tgt.logits, tgt.features, src.logits, src.features, src.labels)
+            return ValidationData(logits_t, features_t)
+        return ValidationData(logits_t, features_t, src.logits, src.features, src.labels)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         """This epoch's test accuracies (curves), label-free scores and collapse statistics.
@@ -118,7 +145,7 @@ class Evaluator:
         middle = time.perf_counter()
         out.update({f"{k}_score": v for k, v in score_all(data).items()})
         self.seconds = {"forwards": middle - start, "validators": time.perf_counter() - middle}
-        out.update(self.monitor.update(epoch, data.logits_t))
+        out.update(self.monitor.update(epoch, self.predict_target_train().logits))  # every target image
         return out
 
     def pseudo_label_metrics(self) -> dict[str, float]:

@@ -59,6 +59,13 @@ class ValidationData:
         return self.labels_s is not None and len(self.labels_s) > 1
 
 
+def subsample_index(n: int, cap: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of a fixed random subsample of ``cap`` of ``n`` rows (all of them when ``n <= cap``)."""
+    if n <= cap:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:cap].sort().values
+
+
 def _entropy_rows(p: torch.Tensor) -> torch.Tensor:
     """Entropy (N,) of probability rows (N, K); 0·log 0 = 0."""
     return -(p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))).sum(1)
