@@ -305,6 +305,7 @@ def torchrun_args(args: list[str]) -> list[str]:
     return [*args, f"hydra.run.dir={folder}", f"{NO_RECORD}", "hydra.job_logging.root.level=WARNING"]
 
 
+SWEEP_SUMMARY = "++hydra.callbacks.sweep_summary._target_"  # da.report.SweepSummary: print + write the summary
 RANK_FOLDER = "DA_RANK_HYDRA_DIR"  # the temporary Hydra folder of a torchrun rank other than 0
 NO_RECORD = "hydra.output_subdir=null"  # Hydra writes no .hydra record; da.run writes it once the run is accepted
 
@@ -432,6 +433,8 @@ def _cli() -> None:
             fail(str(err))
         if NO_RECORD not in args:
             args = [*args, NO_RECORD]  # da writes the record (record_listener) once the run has begun
+        if any(a in ("-m", "--multirun") for a in args) and not any(a.startswith(SWEEP_SUMMARY) for a in args):
+            args = [*args, f"{SWEEP_SUMMARY}=da.report.SweepSummary"]  # a summary table + chart when the sweep ends
     sys.argv[1:] = args
     record = subdir if NO_RECORD in args and os.environ.get("RANK", "0") == "0" else None
 
