@@ -95,12 +95,187 @@ def sweep(out: str, extra: list[str]) -> int:
     return launched
 
 
+FIELDS = ("task", "seed", "run", "method", "flagged", "rule", "veto", "score")
+
+
+def pools(out: str) -> dict[tuple[str, int], list[str]]:
+    """{(task, seed): finished run folders of that pool}."""
+    found = {}
+    for task in TASKS:
+        for seed in SEEDS:
+            runs = [
+                run_dir(out, task, m, lr, seed)
+                for m in sorted(os.listdir(os.path.join(out, "runs", task)))
+                if os.path.isdir(os.path.join(out, "runs", task, m))
+                for lr in GRID["trainer.lr"]
+            ] if os.path.isdir(os.path.join(out, "runs", task)) else []  # fmt: skip
+            runs = [r for r in runs if done(r)]
+            if runs:
+                found[(task, seed)] = runs
+    return found
+
+
+def score(out: str) -> str:
+    """Every rule's score of every run of every pool, with and without the collapse veto: ``<out>/scores.csv``.
+    Reads predictions.npz, the label-free results.json keys and (MixVal) model.pt; no target label."""
+    import csv
+
+    import numpy as np
+
+    from da import crossrun
+
+    rows = []
+    images: dict = {}  # MixVal's target images, one per dataset config
+    for (task, seed), runs in pools(out).items():
+        cands, skipped = crossrun.load_candidates(runs)
+        for line in skipped:
+            print(f"skipped {line}")
+        ice = crossrun.mixval_ice(cands, tasks=images)
+        for rule in crossrun.RULES:
+            for veto in (True, False):
+                flags = [c.flagged for c in cands]
+                members = crossrun.collapse_veto(flags) if veto else np.ones(len(cands), dtype=bool)
+                scores = crossrun.score(rule, cands, members=members, mixval=ice)
+                for c, s in zip(cands, scores):
+                    rel = os.path.relpath(c.run_dir, out)
+                    rows.append([task, seed, rel, c.label, int(c.flagged), rule, int(veto), f"{s:.8g}"])
+        print(f"[{time.strftime('%H:%M:%S')}] scored {task} seed {seed}: {len(cands)} runs", flush=True)
+    path = os.path.join(out, "scores.csv")
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(FIELDS)
+        writer.writerows(rows)
+    return path
+
+
+TASK_TITLES = {"fonts_to_sklearn": "fonts→sklearn", "sklearn_to_fonts": "sklearn→fonts (hard)",
+               "fonts_to_sklearn_inverted": "fonts→inverted"}  # fmt: skip
+
+
+def picks(out: str) -> dict[tuple[str, int], dict]:
+    """Per (rule, veto): per (task, seed) the picked run's accuracy, source-only's and the oracle-best run's.
+    The choice comes from scores.csv (the rules'); target accuracies are read here, after it, for the table."""
+    import csv
+
+    import numpy as np
+
+    from da import crossrun
+    from da.runfolder import read_json
+
+    with open(os.path.join(out, "scores.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    acc: dict[str, float] = {}
+    for r in rows:
+        if r["run"] not in acc:
+            acc[r["run"]] = read_json(os.path.join(out, r["run"], "results.json"))["target_acc"]
+    table: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        key = (r["rule"], int(r["veto"]))
+        pool = table.setdefault(key, {}).setdefault((r["task"], int(r["seed"])), [])
+        pool.append(r)
+    out_rows: dict[tuple[str, int], dict] = {}
+    for key, per_pool in table.items():
+        res = {}
+        for (task, seed), pool in per_pool.items():
+            scores = np.array([float(r["score"]) for r in pool])
+            eligible = crossrun.collapse_veto([r["flagged"] == "1" for r in pool]) if key[1] else np.ones(len(pool))
+            best = crossrun.choose(scores, eligible)
+            source = [acc[r["run"]] for r in pool if r["method"] == "source_only"]
+            res[(task, seed)] = {
+                "picked": acc[pool[best]["run"]] if best is not None else float("nan"),
+                "method": pool[best]["method"] if best is not None else "-",
+                "source_only": source[0] if source else float("nan"),
+                "oracle": max(acc[r["run"]] for r in pool),
+                "runs": len(pool),
+            }
+        out_rows[key] = res
+    return out_rows
+
+
+def report(out: str) -> str:
+    """``<out>/tables/crossrun.md``: per rule (with the collapse veto, and without it) the picked accuracy per
+    task (mean over seeds), the mean regret to the oracle-best run, and the worst margin to source-only."""
+    import numpy as np
+
+    from da.crossrun import DEFAULT_RULE, RULES
+
+    data = picks(out)
+    some = next(iter(data.values()))
+    tasks = [t for t in TASKS if any(k[0] == t for k in some)]
+    n_runs = sorted({v["runs"] for v in some.values()})
+    seeds = sorted({k[1] for k in some})
+
+    def mean(key: str, task: str | None = None, rule=(DEFAULT_RULE, 1)) -> float:
+        return 100 * float(np.mean([v[key] for k, v in data[rule].items() if task in (None, k[0])]))
+
+    lines = [
+        "# Choosing among runs without target labels (cross-run selection)",
+        "",
+        f"Target test accuracy (%) of the run each rule picks from a pool of {'/'.join(map(str, n_runs))} finished "
+        f"runs per task and seed (every registered method except inductive finetune, `trainer.lr=0.01`; "
+        f"seeds {', '.join(map(str, seeds))}), mean over seeds. Budget: LeNet, 2 epochs × 30 steps "
+        "(`trainer.epochs=2 trainer.steps_per_epoch=30`), package defaults otherwise; methods that start from a "
+        "source model start from the pool's source_only run. `regret` = oracle-best − picked (mean over the "
+        "task × seed pools); `worst vs source-only` = the smallest picked − source-only over the pools; `≥ SO−1` = "
+        "pools where the pick is no worse than source-only minus 1 point. The rules read predictions.npz and "
+        "label-free results.json keys (MixVal also the model); target accuracies are read only for this table. "
+        "Which rule ships as the default was decided on these embedded tasks. "
+        "Command: `python -m benchmarks.crossrun` (results in benchmarks/results/crossrun).",
+        "",
+        "| rule | veto | "
+        + " | ".join(TASK_TITLES[t] for t in tasks)
+        + " | mean regret | worst vs source-only | ≥ SO−1 |",
+        "|---|---|" + "---|" * len(tasks) + "---|---|---|",
+    ]
+    ref = data[(DEFAULT_RULE, 1)]
+    for name, key in (
+        ("source-only (no choice)", "source_only"),
+        ("oracle-best (target labels, analysis only)", "oracle"),
+    ):
+        lines.append(f"| {name} | | " + " | ".join(f"{mean(key, t):.1f}" for t in tasks) + " | | | |")
+    order = sorted(data, key=lambda k: (k[1] == 0, RULES.index(k[0])))
+    for rule, veto in order:
+        res = data[(rule, veto)]
+        regret = 100 * np.mean([v["oracle"] - v["picked"] for v in res.values()])
+        margin = 100 * np.array([v["picked"] - v["source_only"] for v in res.values()])
+        name = f"**{rule}** (default)" if (rule, veto) == (DEFAULT_RULE, 1) else rule
+        lines.append(
+            f"| {name} | {'yes' if veto else 'no'} | "
+            + " | ".join(f"{mean('picked', t, (rule, veto)):.1f}" for t in tasks)
+            + f" | {regret:.1f} | {margin.min():+.1f} | {(margin >= -1).sum()}/{len(margin)} |"
+        )
+    lines += [
+        "",
+        f"Per pool, the default rule ({DEFAULT_RULE}, with the veto):",
+        "",
+        "| task | seed | runs | picked (method) | source-only | oracle-best | regret |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (task, seed), v in sorted(ref.items()):
+        lines.append(
+            f"| {TASK_TITLES[task]} | {seed} | {v['runs']} | {100 * v['picked']:.1f} ({v['method']}) | "
+            f"{100 * v['source_only']:.1f} | {100 * v['oracle']:.1f} | {100 * (v['oracle'] - v['picked']):.1f} |"
+        )
+    folder = os.path.join(out, "tables")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "crossrun.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     opts, extra = parse_options(sys.argv[1:] if argv is None else argv, ("out", "stage"))
     out = opts.get("out", OUT)
     stage = opts.get("stage", "all")
+    if stage not in ("all", "sweep", "score", "report"):
+        raise SystemExit(f"error: unknown stage {stage!r}; valid: all, sweep, score, report")
     if stage in ("all", "sweep"):
         sweep(out, extra)
+    if stage in ("all", "score"):
+        print(f"wrote {score(out)}")
+    if stage in ("all", "report"):
+        print(f"wrote {report(out)}")
     return 0
 
 

@@ -325,14 +325,17 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))
 
 
-def mixval_ice(cands: list[Candidate], seed: int = 0) -> dict[str, tuple[float, float]]:
+def mixval_ice(
+    cands: list[Candidate], seed: int = 0, tasks: dict[str, torch.Tensor] | None = None
+) -> dict[str, tuple[float, float]]:
     """MixVal's (intra, inter) ICE of each candidate: loads its model and target images (one task per dataset
-    config), classifies the mixed images; the pseudo-labels are the saved predictions."""
+    config; ``tasks`` caches the images across calls), classifies the mixed images; the pseudo-labels are the
+    saved predictions."""
     from omegaconf import OmegaConf
 
     from da.build import load_run
 
-    tasks: dict[str, torch.Tensor] = {}
+    tasks = {} if tasks is None else tasks
     out = {}
     for c in cands:
         run = load_run(c.run_dir)
