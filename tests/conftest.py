@@ -19,6 +19,7 @@ TINY = [
     "trainer.steps_per_epoch=4",
     "trainer.batch_size=16",
     "trainer.progress_bar=false",
+    "trainer.report=false",  # report.html costs ~1 s a run; tests/test_product.py checks it once
     "device=cpu",
 ]
 
