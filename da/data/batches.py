@@ -55,7 +55,9 @@ class TensorSplit:
     def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images, labels)`` or ``(images, index)`` of the samples ``index`` (B,), transformed, on ``device``."""
         index = index.to(self.x.device)
-        if self.x.device != device and self.x.is_pinned():  # gather into pinned memory: an asynchronous copy
+        if not isinstance(self.x, torch.Tensor):  # rows on disk (da.data.cache.DiskImages): read into a buffer
+            x = self.x.read(index, pin=device.type == "cuda")
+        elif self.x.device != device and self.x.is_pinned():  # gather into pinned memory: an asynchronous copy
             x = torch.empty((len(index), *self.x.shape[1:]), dtype=self.x.dtype, pin_memory=True)
             torch.index_select(self.x, 0, index, out=x)
         else:

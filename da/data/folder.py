@@ -14,11 +14,12 @@ Images are decoded once into uint8 tensors (see :mod:`da.data.images`); training
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from da.data.base import LabelledTensors, Task, transductive_task
 from da.data.images import (
     IMAGENET_MEAN,
+    CacheOptions,
     IMAGENET_STD,
     DecodedImages,
     check_same_classes,
@@ -32,6 +33,19 @@ from da.data.images import (
 from da.errors import ConfigError, DataError
 
 LAYOUTS = ("domains", "classes")
+CACHE_MODES = ("auto", "true", "false")
+
+
+def unfingerprinted(default: object) -> object:
+    """A key that changes no number (``da.config.unfingerprinted``, which imports this package: not imported)."""
+    return field(default=default, metadata={"fingerprint": False})
+
+
+def check_cache(cache: object) -> str:
+    mode = str(cache).lower()
+    if mode not in CACHE_MODES:
+        raise ConfigError(f"dataset.cache must be auto, true or false, got {cache!r}")
+    return mode
 
 
 @dataclass
@@ -46,8 +60,13 @@ class FolderConfig:
     flip: bool = True  # random horizontal flip when training
     test_fraction: float = 0.2  # one-domain tasks: stratified fraction held out for evaluation
     split_seed: int = 0  # one-domain tasks: the split is fixed by this, not by the run's seed
+    # decoded images cached in <data_root>/.da-cache and shared by runs: auto (sets of 256 MiB or more), true, false
+    cache: str = unfingerprinted("auto")
+    # a cached set larger than this (GiB) stays on disk and batches are read from it; null: half the memory
+    memory_budget_gb: float | None = unfingerprinted(None)
 
     def __post_init__(self) -> None:
+        self.cache = check_cache(self.cache)
         if self.layout not in LAYOUTS:
             raise ConfigError(f"dataset.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         check_sizes(self.resize, self.crop)
@@ -71,13 +90,27 @@ def resolve_root(root: str | None, data_root: str) -> str:
     return path
 
 
+def cache_options(cfg: object, data_root: str) -> CacheOptions:
+    """The decoded-image cache a dataset config asks for (``dataset.cache``, ``dataset.memory_budget_gb``)."""
+    budget = getattr(cfg, "memory_budget_gb", None)
+    root = os.path.expanduser(data_root) if data_root else None
+    return CacheOptions(root, getattr(cfg, "cache", "auto"), None if budget is None else int(budget * 2**30))
+
+
 def two_domain_task(
-    name: str, source: str, target: str, dirs: dict[str, str], resize: int, crop: int, flip: bool = True
+    name: str,
+    source: str,
+    target: str,
+    dirs: dict[str, str],
+    resize: int,
+    crop: int,
+    flip: bool = True,
+    cache: CacheOptions | None = None,
 ) -> Task:
     """All source labelled + all target unlabelled for training; evaluation on all target images."""
     files = {d: scan_classes(dirs[d], f"{name} domain {d}") for d in (source, target)}
     class_names = check_same_classes({d: list(f) for d, f in files.items()})
-    decoded = {d: decode_folder(files[d], class_names, resize, f"{name} domain {d}") for d in (source, target)}
+    decoded = {d: decode_folder(files[d], class_names, resize, f"{name} domain {d}", cache) for d in (source, target)}
     target_splits = train_and_eval(decoded[target], crop, flip)  # (augmented, evaluation view) of one tensor
     return transductive_task(
         name,
@@ -100,6 +133,7 @@ def one_domain_task(
     domain: str,
     folder: str,
     cfg: FolderConfig,
+    cache: CacheOptions | None = None,
 ) -> Task:
     """One domain split (stratified, seeded by ``cfg.split_seed``) into a labelled train and a test set.
 
@@ -108,7 +142,7 @@ def one_domain_task(
     """
     files = scan_classes(folder, f"{name} domain {domain}")
     class_names = sorted(files)
-    decoded = decode_folder(files, class_names, cfg.resize, f"{name} domain {domain}")
+    decoded = decode_folder(files, class_names, cfg.resize, f"{name} domain {domain}", cache)
     train_idx, test_idx = stratified_split(decoded.y, cfg.split_seed, cfg.test_fraction)
     if len(test_idx) == 0:
         raise DataError(f"{name} domain {domain}: too few images for a test split ({len(decoded.y)} in all)")
@@ -138,7 +172,7 @@ def build_folder(cfg: FolderConfig, seed: int, data_root: str) -> Task:
         if cfg.source and cfg.target and cfg.source != cfg.target:
             raise ConfigError("dataset.layout=classes is one domain: leave dataset.source/target unset or equal")
         domain = cfg.source or cfg.target or os.path.basename(os.path.normpath(root))
-        return one_domain_task("folder", domain, root, cfg)
+        return one_domain_task("folder", domain, root, cfg, cache_options(cfg, data_root))
     domains = subfolders(root)
     if not domains:
         raise DataError(f"no domain folders in {root} (expected {root}/<domain>/<class>/<image>)")
@@ -151,6 +185,8 @@ def build_folder(cfg: FolderConfig, seed: int, data_root: str) -> Task:
         if value not in domains:
             raise DataError(f"domain {value!r} not found in {root}; domains found: {', '.join(domains)}")
     if cfg.source == cfg.target:
-        return one_domain_task("folder", cfg.source, os.path.join(root, cfg.source), cfg)  # type: ignore[arg-type]
+        cache = cache_options(cfg, data_root)
+        return one_domain_task("folder", cfg.source, os.path.join(root, cfg.source), cfg, cache)  # type: ignore[arg-type]
     dirs = {d: os.path.join(root, d) for d in (cfg.source, cfg.target)}  # type: ignore[misc]
-    return two_domain_task("folder", cfg.source, cfg.target, dirs, cfg.resize, cfg.crop, cfg.flip)  # type: ignore[arg-type]
+    cache = cache_options(cfg, data_root)
+    return two_domain_task("folder", cfg.source, cfg.target, dirs, cfg.resize, cfg.crop, cfg.flip, cache)  # type: ignore[arg-type]

@@ -79,7 +79,7 @@ def check_same_classes(classes: dict[str, list[str]]) -> list[str]:
     return sorted(reference)
 
 
-def _decode(path: str, size: int) -> np.ndarray | str:
+def decode_image(path: str, size: int) -> np.ndarray | str:
     """(S, S, 3) uint8 pixels of one image, or the reason it cannot be read."""
     try:
         with Image.open(path) as img:
@@ -100,50 +100,83 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 @dataclass
 class DecodedImages:
-    x: torch.Tensor  # (N, 3, S, S) uint8
+    x: torch.Tensor  # (N, 3, S, S) uint8 — or DiskImages (da.data.cache) when a cached set exceeds the memory budget
     y: torch.Tensor  # (N,) long
     skipped: list[str]  # "path: reason" of every file that could not be decoded
 
 
-def decode_folder(files: dict[str, list[str]], class_names: list[str], size: int, what: str) -> DecodedImages:
+@dataclass
+class CacheOptions:
+    """Where decoded sets are cached and how much of them may be held in memory (see :mod:`da.data.cache`)."""
+
+    root: str | None  # <root>/.da-cache; None: no cache
+    mode: str = "auto"  # auto (sets of at least MIN_CACHED_BYTES), true, false
+    budget: int | None = None  # bytes; None: half the machine's memory
+
+
+def decode_folder(
+    files: dict[str, list[str]], class_names: list[str], size: int, what: str, cache: CacheOptions | None = None
+) -> DecodedImages:
     """Decode every image of ``{class: paths}`` once into a uint8 tensor; unreadable files are skipped."""
     paths = [p for c in class_names for p in files[c]]
     labels = [k for k, c in enumerate(class_names) for _ in files[c]]
+    return decode_paths(paths, labels, class_names, size, what, cache)
+
+
+def decode_paths(
+    paths: list[str],
+    labels: list[int],
+    class_names: list[str],
+    size: int,
+    what: str,
+    cache: CacheOptions | None = None,
+) -> DecodedImages:
+    """Decode ``paths`` (labels ``labels``) into (N, 3, S, S) uint8 — through the decoded-image cache when
+    ``cache`` asks for it; unreadable files are skipped with their reason."""
+    from da.data.cache import MIN_CACHED_BYTES, cached_decode, memory_budget
+
     estimate = len(paths) * 3 * size * size
-    if estimate > MEMORY_WARNING_BYTES:
+    use_cache = cache is not None and cache.root and (cache.mode == "true" or (
+        cache.mode == "auto" and estimate >= MIN_CACHED_BYTES))  # fmt: skip
+    if use_cache:
+        x, failed = cached_decode(paths, size, cache.root, memory_budget(cache.budget), what)  # type: ignore[arg-type]
+    else:
+        if estimate > MEMORY_WARNING_BYTES:
+            log.warning(
+                "%s: holding %d images at %dx%d takes %.1f GiB of memory; a smaller dataset.resize needs less",
+                what, len(paths), size, size, estimate / 2**30,
+            )  # fmt: skip
+        x, failed = _decode_in_memory(paths, size)
+    skipped = [f"{paths[i]}: {e}" for i, e in sorted(failed.items())]
+    keep = [i for i in range(len(paths)) if i not in failed]
+    if skipped:
         log.warning(
-            "%s: holding %d images at %dx%d takes %.1f GiB of memory; a smaller dataset.resize needs less",
-            what,
-            len(paths),
-            size,
-            size,
-            estimate / 2**30,
+            "%s: skipped %d unreadable image(s), e.g. %s (all in skipped_files.txt)", what, len(skipped), skipped[0]
         )
+        x = x[torch.tensor(keep)] if len(keep) else x[torch.tensor([], dtype=torch.long)]
+    survivors = {labels[i] for i in keep}
+    lost = [c for k, c in enumerate(class_names) if k not in survivors]
+    if lost:
+        raise DataError(f"{what}: every image of class(es) {', '.join(lost)} is unreadable")
+    y = torch.tensor([labels[i] for i in keep], dtype=torch.long)
+    return DecodedImages(x, y, skipped)
+
+
+def _decode_in_memory(paths: list[str], size: int) -> tuple[torch.Tensor, dict[int, str]]:
+    """(N, 3, S, S) uint8 decoded by threads in this process (PIL releases the GIL); {row: reason} of failures."""
     pixels = np.empty((len(paths), size, size, 3), dtype=np.uint8)  # (N, S, S, 3), filled in place
 
     def work(i: int) -> str | None:
-        out = _decode(paths[i], size)
+        out = decode_image(paths[i], size)
         if isinstance(out, str):
             return out
         pixels[i] = out
         return None
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         errors = list(pool.map(work, range(len(paths))))
-    keep = [i for i, e in enumerate(errors) if e is None]
-    skipped = [f"{paths[i]}: {e}" for i, e in enumerate(errors) if e is not None]
-    if skipped:
-        log.warning(
-            "%s: skipped %d unreadable image(s), e.g. %s (all in skipped_files.txt)", what, len(skipped), skipped[0]
-        )
-        pixels = pixels[keep]
-    survivors = {labels[i] for i in keep}
-    lost = [c for k, c in enumerate(class_names) if k not in survivors]
-    if lost:
-        raise DataError(f"{what}: every image of class(es) {', '.join(lost)} is unreadable")
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S): 3x faster crops than a view
-    y = torch.tensor([labels[i] for i in keep], dtype=torch.long)
-    return DecodedImages(x, y, skipped)
+    return x, {i: e for i, e in enumerate(errors) if e is not None}
 
 
 class TensorTransform:
