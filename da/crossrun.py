@@ -482,8 +482,15 @@ def main_select(argv: list[str]) -> int:
     print(sel.table())
     for line in sel.skipped:
         print(f"skipped {line}")
+    return _report_choice(sel, path)
+
+
+def _report_choice(sel: Selection, path: str) -> int:
+    if sel.chosen is None:
+        print(f"error: rule {sel.rule!r} cannot score any of these runs (see docs/selection.md)", file=sys.stderr)
+        return 2
     print(f"chosen ({sel.rule}): {sel.chosen}\nwrote {path}")
-    return 0 if sel.chosen is not None else 1
+    return 0
 
 
 # -------------------------------------------------------------------------------------------------- portfolio
@@ -558,9 +565,11 @@ def main_portfolio(argv: list[str]) -> int:
     except (ConfigError, _UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a job diverged: its folder keeps the reason; the others are kept
+        print(f"error: da portfolio: {err}", file=sys.stderr)
+        return 1
     print(sel.table())
-    print(f"chosen ({sel.rule}): {sel.chosen}\nwrote {path}")
-    return 0 if sel.chosen is not None else 1
+    return _report_choice(sel, path)
 
 
 def _fit_jobs(jobs: list[tuple[str, list[str]]], overrides: list[str], out: str, reuse_source: bool) -> None:
