@@ -164,8 +164,14 @@ def as_config(cfg: DictConfig | list[str] | dict[str, Any] | None) -> DictConfig
     if isinstance(cfg, str):
         raise ConfigError(f"fit: pass a list of overrides, e.g. da.fit([{cfg!r}]), not a string")
     if isinstance(cfg, dict):
-        return compose([f"{k}={_override_value(v)}" for k, v in cfg.items()])
+        cfg = [f"{k}={_override_value(v)}" for k, v in cfg.items()]
     if isinstance(cfg, list | tuple) and all(isinstance(a, str) for a in cfg):
+        from da.config import group_options
+
+        for override in cfg:  # the CLI's message for a group option that does not exist (da.run.check_overrides)
+            key, _, value = override.partition("=")
+            if key in ("method", "dataset", "backbone") and value not in group_options(key):
+                raise ConfigError(f"unknown {key} {value!r}; valid {key}s: {', '.join(group_options(key))}")
         return compose(list(cfg))
     raise ConfigError(f"fit: cfg must be a composed config, a list of overrides or a dict, got {type(cfg).__name__}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
@@ -147,14 +148,17 @@ def write_predictions_csv(fh: IO[str], files: list[str], probs: np.ndarray, clas
 
 
 class _Logits(torch.nn.Module):
-    """The method's ``predict`` as a plain module (what is traced / exported)."""
+    """The method's ``predict`` as a plain module (what is traced / exported): the model is its one submodule, so
+    its state is the network's weights alone (a method's ``extra_state`` — banks, counts — is no input of
+    ``predict`` and would stop the ONNX exporter)."""
 
     def __init__(self, method: torch.nn.Module) -> None:
         super().__init__()
-        self.method = method
+        self.model = method.model
+        self._predict = method.predict  # a bound method of the (unregistered) method: reads self.model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.predict(x)
+        return self._predict(x)
 
 
 def export(run: LoadedRun, fmt: str, out: str | None = None) -> tuple[str, float]:
@@ -166,7 +170,8 @@ def export(run: LoadedRun, fmt: str, out: str | None = None) -> tuple[str, float
     out = out or os.path.join(run.run_dir, "model.onnx" if fmt == "onnx" else "model.torchscript.pt")
     module = _Logits(run.method.float().cpu()).eval()
     example = torch.randn(4, prep["channels"], prep["crop"], prep["crop"], generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice, the exporter's tracer warnings
         expected = module(example)
         if fmt == "torchscript":
             traced = torch.jit.trace(module, example, check_trace=False)

@@ -63,11 +63,13 @@ def test_installed_wheel_ships_its_configs(tmp_path):
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     wheels, target = tmp_path / "wheels", tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), repo],
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w", str(wheels), repo],
         check=True,
         capture_output=True,
+        text=True,
     )
+    assert "would be ignored" not in build.stdout + build.stderr  # every configs/ folder is a listed package
     wheel = next(wheels.glob("da-*.whl"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
@@ -75,6 +77,7 @@ def test_installed_wheel_ships_its_configs(tmp_path):
         capture_output=True,
     )
     assert (target / "da" / "configs" / "method" / "source_only.yaml").is_file()
+    assert (target / "da" / "configs" / "tta" / "protocol").is_dir()
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = tmp_path / "run"
     proc = subprocess.run(
