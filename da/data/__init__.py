@@ -63,6 +63,22 @@ DATASETS.register("mnist_usps")(DatasetEntry(MnistUspsConfig, build_mnist_usps))
 DATASETS.register("office31")(DatasetEntry(Office31Config, build_office31))
 DATASETS.register("folder")(DatasetEntry(FolderConfig, build_folder))
 
+# Today's benchmarks (issue 22): official layouts and lists, manifests (da/data/listed.py, da/data/digit5.py).
+from da.data.digit5 import Digit5Config, SvhnConfig, build_digit5, build_svhn  # noqa: E402
+from da.data.listed import (  # noqa: E402
+    DomainNetConfig,
+    MnistMConfig,
+    OfficeHomeConfig,
+    VisDA2017Config,
+    build_listed,
+)
+
+for _name, _config in (("office_home", OfficeHomeConfig), ("visda2017", VisDA2017Config),
+                       ("domainnet", DomainNetConfig), ("mnist_m", MnistMConfig)):  # fmt: skip
+    DATASETS.register(_name)(DatasetEntry(_config, build_listed))
+DATASETS.register("svhn")(DatasetEntry(SvhnConfig, build_svhn))
+DATASETS.register("digit5")(DatasetEntry(Digit5Config, build_digit5))
+
 
 def build_task(cfg: object, seed: int, data_root: str) -> Task:
     entry = DATASETS.get(cfg.name)  # type: ignore[attr-defined]

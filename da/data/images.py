@@ -139,7 +139,8 @@ def decode_paths(
     use_cache = cache is not None and cache.root and (cache.mode == "true" or (
         cache.mode == "auto" and estimate >= MIN_CACHED_BYTES))  # fmt: skip
     if use_cache:
-        x, failed = cached_decode(paths, size, cache.root, memory_budget(cache.budget), what)  # type: ignore[arg-type]
+        budget = memory_budget(None) if cache.budget is None else cache.budget  # type: ignore[union-attr]
+        x, failed = cached_decode(paths, size, cache.root, budget, what)  # type: ignore[arg-type,union-attr]
     else:
         if estimate > MEMORY_WARNING_BYTES:
             log.warning(
@@ -155,7 +156,8 @@ def decode_paths(
         )
         x = x[torch.tensor(keep)] if len(keep) else x[torch.tensor([], dtype=torch.long)]
     survivors = {labels[i] for i in keep}
-    lost = [c for k, c in enumerate(class_names) if k not in survivors]
+    present = set(labels)
+    lost = [c for k, c in enumerate(class_names) if k in present and k not in survivors]
     if lost:
         raise DataError(f"{what}: every image of class(es) {', '.join(lost)} is unreadable")
     y = torch.tensor([labels[i] for i in keep], dtype=torch.long)
