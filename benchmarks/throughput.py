@@ -44,6 +44,7 @@ REPO = os.path.dirname(HERE)
 METHODS = ("source_only", "dann", "cdan", "mcc", "fixmatch")
 ONE_DOMAIN = ("source_only",)  # methods whose step reads the source alone
 KEYS = ("models", "methods", "device", "baseline", "steps", "repeats", "fp32", "out", "data")
+KEYS += ("cache_images", "cache_size", "cache_budget_gb", "cache_steps")
 
 
 def model_spec(name: str, data: str, on_gpu: bool, steps: int) -> dict:
@@ -84,6 +85,118 @@ def folder_task(root: str, size: int, n_source: int, n_target: int, classes: int
             Image.fromarray(pixels).save(os.path.join(folder, f"{i}.png"))
     open(done, "w").close()
     return root
+
+
+def _jpeg_slice(args: tuple) -> None:
+    """Write JPEGs ``start..stop`` of a synthetic folder (smooth random images: JPEG sizes of real photos)."""
+    import numpy as np
+    from PIL import Image
+
+    root, size, classes, start, stop, half = args
+    for i in range(start, stop):
+        domain, j = ("source", i) if i < half else ("target", i - half)
+        folder = os.path.join(root, domain, f"c{j % classes}")
+        os.makedirs(folder, exist_ok=True)
+        rng = np.random.default_rng(i)
+        small = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        small.resize((size, size), Image.BILINEAR).save(os.path.join(folder, f"{j}.jpg"), quality=90)
+
+
+def jpeg_folder(root: str, images: int, size: int, classes: int = 10, workers: int | None = None) -> str:
+    """Write ``<root>/{source,target}/<class>/<i>.jpg`` (``images`` in all, half per domain, ``size``² RGB) once,
+    in parallel processes; returns ``root``."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    done = os.path.join(root, ".complete")
+    if os.path.exists(done):
+        return root
+    workers = workers or os.cpu_count() or 1
+    chunk = max(1, min(2000, images // workers))
+    jobs = [(root, size, classes, a, min(a + chunk, images), images // 2) for a in range(0, images, chunk)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_jpeg_slice, jobs))
+    open(done, "w").close()
+    return root
+
+
+def cache_overrides(root: str, data_root: str, budget_gb: float, size: int) -> list[str]:
+    """The folder task of the cache rows: decoded at ``size``² through the cache, budget ``budget_gb`` GiB; LeNet
+    on 32x32 crops (the rows measure the data path, not a large model)."""
+    ds = ["dataset=folder", f"dataset.root={root}", "dataset.source=source", "dataset.target=target"]
+    ds += [f"dataset.resize={size}", "dataset.crop=32", "dataset.cache=true", f"dataset.memory_budget_gb={budget_gb}"]
+    return [*ds, f"data_root={data_root}", "backbone=lenet"]
+
+
+def cache_worker(spec: dict) -> dict:
+    """One phase of the cache rows in this process: ``build`` (the task, through the cache: a first run decodes,
+    a second reads) or ``train`` (``da.fit``: one epoch of ``steps`` steps and its evaluation, cache warm)."""
+    import resource
+
+    import da
+    from da.build import typed_configs
+    from da.config import compose
+    from da.data import build_task
+
+    overrides = [*spec["overrides"], "device=cpu", "trainer.progress_bar=false", "method=source_only", "init=scratch"]
+    start = time.perf_counter()
+    if spec["phase"] == "build":
+        cfg = compose(overrides)
+        task = build_task(typed_configs(cfg).dataset, 0, spec["data_root"])
+        kind = type(task.source_train.x).__name__
+        images = len(task.source_train) + len(task.target_train)
+    else:
+        overrides += ["trainer.epochs=1", f"trainer.steps_per_epoch={spec['steps']}", "trainer.batch_size=64"]
+        from da.callbacks import Callback
+
+        class Held(Callback):
+            def on_fit_start(self, trainer) -> None:
+                self.kind = type(trainer.task.source_train.x).__name__
+                self.images = len(trainer.task.source_train) + len(trainer.task.target_train)
+
+        held, run_dir = Held(), tempfile.mkdtemp(prefix="da-throughput-")
+        try:
+            da.fit(da.compose(overrides), run_dir=run_dir, quiet=True, callbacks=[held])
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        kind, images = held.kind, held.images
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_mb": max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        / 2**10,  # the largest of this process and its decode workers
+        "held_as": kind,
+        "images": images,
+    }
+
+
+def cache_rows(data: str, images: int, size: int, budget_gb: float, steps: int) -> list[str]:
+    """The decoded-image cache on a synthetic folder of ``images`` JPEGs at ``size``²: a first run's (parallel)
+    decode, a second run's start-up (cache hit), and a run's peak RSS with the set over the memory budget."""
+    root = jpeg_folder(os.path.join(data, f"jpeg{images}_{size}"), images, size)
+    data_root = os.path.join(data, f"cache-root{images}_{size}")
+    shutil.rmtree(os.path.join(data_root, ".da-cache"), ignore_errors=True)  # the first run starts cold
+    spec = {"data_root": data_root, "overrides": cache_overrides(root, data_root, budget_gb, size), "steps": steps}
+    decoded_gb = images * 3 * size * size / 2**30
+    rows = []
+    for label, phase in (("first run: decode (parallel)", "build"), ("second run: start-up (cache hit)", "build"),
+                         (f"training, {steps} steps + evaluation", "train")):  # fmt: skip
+        out = measure({**spec, "phase": phase, "model": "cache", "method": phase}, REPO, cache=True)
+        rows.append((label, out))
+        print(f"  cache {label}: {out and round(out['seconds'], 1)} s, peak RSS {out and round(out['peak_mb'])} MiB")
+    first, second = rows[0][1], rows[1][1]
+    lines = [
+        f"Decoded-image cache: {images:,} JPEGs at {size}x{size} (decoded {decoded_gb:.1f} GiB), memory budget "
+        f"{budget_gb:g} GiB, {os.cpu_count()} CPUs:",
+        "",
+        "| phase | seconds | peak RSS MiB | held as |",
+        "|---|---|---|---|",
+    ]
+    for label, out in rows:
+        cells = [label, _fmt(out and out["seconds"], ".1f"), _fmt(out and out["peak_mb"]), out and out["held_as"] or "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if first and second:
+        lines += ["", f"Second start-up {first['seconds'] / second['seconds']:.0f}x faster than the first; peak RSS "
+                  f"{max(o['peak_mb'] for _, o in rows if o) / 1024:.1f} GiB vs {decoded_gb:.1f} GiB decoded."]  # fmt: skip
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- worker side
@@ -133,7 +246,12 @@ def worker(spec: dict) -> dict:
         def on_epoch_end(self, trainer, row) -> None:
             seconds = trainer.evaluator.seconds  # the evaluation that just ran: forwards, validators
             forwards, validators = seconds["forwards"], seconds["validators"]
-            self.times.append((self.train, forwards + validators, forwards, validators))
+            # trainer.eval_every = k: an evaluation's cost is spread over the k epochs it serves
+            k = 1 if "target_acc" in row else None  # an epoch without evaluation adds its training only
+            k = getattr(trainer.cfg, "eval_every", 1) if k else None
+            if k is None:
+                return
+            self.times.append((self.train, (forwards + validators) / k, forwards / k, validators / k))
             self.steps, self.precision = trainer.steps_per_epoch, trainer.runtime.precision
             self.task = trainer.task
 
@@ -260,10 +378,11 @@ def plain_loop(spec: dict, device) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- driver side
-def measure(spec: dict, tree: str) -> dict | None:
-    """Run :func:`worker` in a fresh process with ``tree``'s ``da`` first on the path."""
+def measure(spec: dict, tree: str, cache: bool = False) -> dict | None:
+    """Run :func:`worker` (``cache``: :func:`cache_worker`) in a fresh process with ``tree``'s ``da`` first on the
+    path."""
     env = {**os.environ, "PYTHONPATH": tree, "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--cache-worker" if cache else "--worker", json.dumps(spec)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -325,7 +444,7 @@ def main(argv: list[str]) -> int:
 
     on_gpu = device != "cpu" and torch.cuda.is_available()
     default_models = "lenet_digits,lenet_folder28" + (",resnet18,resnet50" if on_gpu else "")
-    models = opts.get("models", default_models).split(",")
+    models = [m for m in opts.get("models", default_models).split(",") if m]
     methods = opts.get("methods", ",".join(METHODS)).split(",")
     baseline = opts.get("baseline")
     if baseline and not os.path.isdir(os.path.join(baseline, "da")):
@@ -370,8 +489,12 @@ def main(argv: list[str]) -> int:
                     + f", eval {100 * mine['eval_fraction']:.0f}% of training",
                     flush=True,
                 )
-    text = table(rows, bool(baseline))
+    text = table(rows, bool(baseline)) if rows else ""
     per_image = _per_image_ratios(rows)
+    images = int(opts.get("cache_images", "100000"))
+    if images:
+        size, budget = int(opts.get("cache_size", "256")), float(opts.get("cache_budget_gb", "4"))
+        per_image += ["", *cache_rows(data, images, size, budget, int(opts.get("cache_steps", "20")))]
     header = [
         f"# Training throughput on {name}",
         "",
@@ -417,7 +540,8 @@ def _per_image_ratios(rows: list[dict]) -> list[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        print(json.dumps(worker(json.loads(sys.argv[2]))))
+    if len(sys.argv) > 2 and sys.argv[1] in ("--worker", "--cache-worker"):
+        run = worker if sys.argv[1] == "--worker" else cache_worker
+        print(json.dumps(run(json.loads(sys.argv[2]))))
         sys.exit(0)
     sys.exit(main(sys.argv[1:]))

@@ -227,3 +227,30 @@ def test_validators_are_finite_on_degenerate_inputs(n):
     out = validators.score_all(data)
     assert all(np.isfinite(v) for v in out.values()), out
     assert set(out) >= set(validators.TARGET_ONLY)
+
+
+# ---------------------------------------------------------------- evaluation that scales (issue 22)
+def test_subsample_is_fixed_and_whole_below_the_cap():
+    assert torch.equal(validators.subsample_index(5, 10), torch.arange(5))
+    a, b = validators.subsample_index(1000, 100), validators.subsample_index(1000, 100)
+    assert torch.equal(a, b) and len(a) == 100 and bool((a[1:] > a[:-1]).all())
+
+
+def test_eval_every_and_validator_cap_change_no_training(tmp_path):
+    cfg = tiny_cfg("method=dann", "trainer.epochs=3")
+    every = fit(cfg, run_dir=str(tmp_path / "a"), quiet=True)
+    sparse = tiny_cfg("method=dann", "trainer.epochs=3", "trainer.eval_every=2", "trainer.validator_samples=20")
+    capped = fit(sparse, run_dir=str(tmp_path / "b"), quiet=True)
+    assert every["target_acc"] == capped["target_acc"]  # selection=last: the same weights, the same report
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    with open(tmp_path / "b" / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [bool(r["target_acc"]) for r in rows] == [False, True, True]  # epoch 2, and the last
+    assert rows[0]["im_score"] == "" and rows[1]["im_score"] != ""
+    with open(tmp_path / "a" / "log.csv") as fh:
+        full = list(csv.DictReader(fh))
+    assert rows[1]["target_acc"] == full[1]["target_acc"]  # the accuracy sees every image
+    assert rows[1]["im_score"] != full[1]["im_score"]  # the validators a subsample of 20
+
