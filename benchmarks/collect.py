@@ -1,7 +1,9 @@
 """Collect results.json files into tables: mean ± std per method and task, the average, published numbers beside.
 
 ``python -m benchmarks.collect <runs folder> [--suite digits] [--out folder]`` writes ``<suite>.md``, ``.tex``
-and ``.csv``. Every number in a table comes from a results.json; every published number from published.yaml.
+and ``.csv`` (by default into ``tables/`` beside the runs folder). Every number in a table comes from a
+results.json; every published number from published.yaml. Runs averaged into one cell must share their config
+(up to the seed, the keys that change no number and ``data_root``): otherwise collect stops and names the keys.
 """
 
 from __future__ import annotations
@@ -20,12 +22,59 @@ TASK_NAMES = {"amazon": "A", "dslr": "D", "webcam": "W", "mnist": "M", "usps": "
 
 
 def load_results(folder: str) -> list[dict]:
-    """Every results.json below ``folder``, sorted by path; each gets its run folder under ``"_dir"``."""
+    """Every results.json below ``folder``, sorted by path; each gets its run folder under ``"_dir"``. A run's own
+    source stage (``<run>/source_stage/``, a nested run of another config) is not a result of the sweep."""
     rows = []
     for path in sorted(glob.glob(os.path.join(folder, "**", "results.json"), recursive=True)):
+        if "source_stage" in os.path.relpath(path, folder).split(os.sep):
+            continue
         with open(path) as fh:
             rows.append({**json.load(fh), "_dir": os.path.dirname(path)})
     return rows
+
+
+class CollectError(ValueError):
+    """Runs that must not be averaged together (one line)."""
+
+
+IGNORED = ("seed", "data_root")  # per-run by design, or a machine's path
+
+
+def _flat(node, prefix: str = "") -> dict[str, object]:
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    out: dict[str, object] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def check_comparable(results: list[dict]) -> None:
+    """Every (method, task) cell's runs share one config, up to :data:`IGNORED` and the keys ``da.config`` marks
+    unfingerprinted; a cell whose runs differ raises :class:`CollectError` naming the keys (and a run of each value).
+    Runs without a ``config`` (older fixtures) are not compared."""
+    from da.config import unfingerprinted_keys
+
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        if isinstance(r.get("config"), dict):
+            cells.setdefault((r["method"], f"{r['source']}_to_{r['target']}"), []).append(r)
+    for (method, task), runs in cells.items():
+        skip = set(IGNORED) | set(unfingerprinted_keys(runs[0]["config"]))
+        flat = [{k: v for k, v in _flat(r["config"]).items() if k not in skip} for r in runs]
+        keys = sorted(
+            {k for f in flat for k in f if any(g.get(k, "<absent>") != flat[0].get(k, "<absent>") for g in flat)}
+        )
+        if keys:
+            k = keys[0]
+            seen: dict[str, str] = {}
+            for r, f in zip(runs, flat):
+                seen.setdefault(repr(f.get(k, "<absent>")), r.get("_dir", "?"))
+            examples = "; ".join(f"{v} in {d}" for v, d in list(seen.items())[:2])
+            raise CollectError(
+                f"runs of {method} on {task} differ in {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} "
+                f"({k}: {examples}): collect averages runs of one config only; collect each sweep's folder apart"
+            )
 
 
 def load_published(suite: str, path: str | None = None) -> dict:
@@ -220,6 +269,7 @@ def csv_text(results: list[dict], published: dict, methods=None, tasks=None) -> 
 def write_tables(
     results: list[dict], suite: str, title: str, out: str, methods=None, tasks=None, published_path: str | None = None
 ) -> list[str]:
+    check_comparable(results)
     published = load_published(suite, published_path)
     os.makedirs(out, exist_ok=True)
     paths = []
@@ -235,17 +285,28 @@ def write_tables(
     return paths
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.collect",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  python -m benchmarks.collect benchmarks/results/digits/runs --suite digits",
+    )
     parser.add_argument("runs", help="folder searched recursively for results.json")
     parser.add_argument("--suite", default="digits", help="key into published.yaml and the output file name")
     parser.add_argument("--title", default=None)
-    parser.add_argument("--out", default=".")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=None, help="output folder (default: tables/ beside the runs folder)")
+    args = parser.parse_args(argv)
     results = load_results(args.runs)
     if not results:
         raise SystemExit(f"error: no results.json under {args.runs}")
-    for path in write_tables(results, args.suite, args.title or args.suite, args.out):
+    runs = os.path.abspath(args.runs).rstrip(os.sep)
+    out = args.out or os.path.join(os.path.dirname(runs) if os.path.basename(runs) == "runs" else runs, "tables")
+    try:
+        paths = write_tables(results, args.suite, args.title or args.suite, out)
+    except CollectError as err:
+        raise SystemExit(f"error: {err}") from None
+    for path in paths:
         print(path)
 
 

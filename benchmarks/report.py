@@ -1,14 +1,34 @@
-"""Tables and figures of a suite from its run folders (called by ``python -m benchmarks.run``)."""
+"""Tables and figures of a suite from its run folders, and the tables README.md and paper/paper.md show.
+
+``report(suite, out)`` is called by ``python -m benchmarks.run``. As a command (``make tables``)::
+
+    python -m benchmarks.report --write   # regenerate the suites' tables from their committed runs, then fill
+                                          # README.md's and paper.md's table blocks from the generated tables
+    python -m benchmarks.report --check   # exit 1, naming the files, if anything would change (tests/test_paper.py)
+
+A table block in a Markdown file is ``<!-- table:KEY -->`` ... ``<!-- /table -->``; KEY names
+``benchmarks/results/KEY/tables/KEY.md`` (a suite's, the selection's, the hard shift's, cross-run choices'), or a
+path under ``benchmarks/results`` ending in ``.md`` (``tta/tta.md``). Everything between the markers is generated:
+edit the results, never the block.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import statistics
+import sys
 from collections import defaultdict
 
-from benchmarks.collect import load_results, write_tables
-from benchmarks.suite import Suite, job_dir, task_key
+from benchmarks.collect import CollectError, load_results, write_tables
+from benchmarks.suite import HERE, Suite, SuiteError, job_dir, load_suite, task_key
+
+RESULTS = os.path.join(HERE, "results")
+REPO = os.path.dirname(HERE)
+DOCUMENTS = ("README.md", os.path.join("paper", "paper.md"))
+BLOCK = re.compile(r"(<!-- table:([^ >]+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 
 def report(suite: Suite, out: str) -> list[str]:
@@ -92,3 +112,122 @@ def _load_json(path: str) -> dict:
 def _dump_json(path: str, data: dict) -> None:
     with open(path, "w") as fh:
         json.dump(data, fh, indent=2)
+
+
+def suite_tables(results_root: str = RESULTS) -> dict[str, str]:
+    """{path: text} of every suite's tables (``benchmarks/suites/<name>.yaml`` with runs under
+    ``<results_root>/<name>/runs``), generated from the runs' results.json files alone."""
+    out: dict[str, str] = {}
+    for name in sorted(f[:-5] for f in os.listdir(os.path.join(HERE, "suites")) if f.endswith(".yaml")):
+        runs = os.path.join(results_root, name, "runs")
+        if not os.path.isdir(runs):
+            continue
+        try:
+            suite = load_suite(name)
+        except (SuiteError, TypeError):  # another kind of suite (benchmarks.selection's grids) writes its own tables
+            continue
+        expected = {
+            os.path.abspath(job_dir(os.path.join(results_root, name), t, m, s))
+            for t in suite.tasks
+            for m in suite.methods
+            for s in suite.seeds
+        }
+        results = [r for r in load_results(runs) if os.path.abspath(r["_dir"]) in expected]
+        if not results:
+            continue
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tasks = [task_key(t) for t in suite.tasks]
+            for path in write_tables(results, suite.name, suite.title, tmp, suite.methods, tasks):
+                with open(path) as fh:
+                    out[os.path.join(results_root, name, "tables", os.path.basename(path))] = fh.read()
+    return out
+
+
+def table_text(key: str, generated: dict[str, str], results_root: str = RESULTS) -> str:
+    """The Markdown of table KEY: freshly generated when it is a suite's, else the committed file."""
+    path = (
+        os.path.join(results_root, key)
+        if key.endswith(".md")
+        else os.path.join(results_root, key, "tables", f"{key}.md")
+    )
+    if path in generated:
+        return generated[path]
+    if not os.path.isfile(path):
+        return f"*Table not generated yet: run `{producer(key)}` (it writes {os.path.relpath(path, results_root)}).*\n"
+    with open(path) as fh:
+        return fh.read()
+
+
+def producer(key: str) -> str:
+    """The command that writes table KEY."""
+    name = key.split("/")[0]
+    suite = os.path.join(HERE, "suites", f"{name}.yaml")
+    if os.path.isfile(suite):
+        with open(suite) as fh:
+            grids = "grids:" in fh.read()
+        return "python -m benchmarks.selection" if grids else f"python -m benchmarks.run suite={name}"
+    return f"python -m benchmarks.{name}"
+
+
+def fill_blocks(text: str, generated: dict[str, str], results_root: str = RESULTS) -> str:
+    """``text`` with every table block's content replaced by its generated table."""
+
+    def replace(m: re.Match) -> str:
+        body = table_text(m.group(2), generated, results_root).rstrip("\n") + "\n"
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(replace, text)
+
+
+def planned(repo: str = REPO, results_root: str = RESULTS) -> dict[str, str]:
+    """{path: new text} of every file ``--write`` would change (suite tables, then the documents' blocks)."""
+    generated = suite_tables(results_root)
+    changes = {}
+    for path, text in generated.items():
+        if not os.path.isfile(path) or open(path).read() != text:
+            changes[path] = text
+    for doc in DOCUMENTS:
+        path = os.path.join(repo, doc)
+        if os.path.isfile(path):
+            old = open(path).read()
+            new = fill_blocks(old, generated, results_root)
+            if new != old:
+                changes[path] = new
+    return changes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--write", action="store_true", help="write the tables and the documents' blocks")
+    mode.add_argument("--check", action="store_true", help="exit 1 if --write would change a file")
+    args = parser.parse_args(argv)
+    try:
+        changes = planned()
+    except CollectError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path, text in changes.items():
+        rel = os.path.relpath(path, REPO)
+        if args.write:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as fh:
+                fh.write(text)
+            print(f"wrote {rel}")
+        else:
+            print(f"{rel} differs from what `python -m benchmarks.report --write` (make tables) generates")
+    if args.check and changes:
+        return 1
+    if not changes:
+        print("every table is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

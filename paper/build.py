@@ -1,9 +1,11 @@
 """Build the paper: ``python paper/build.py`` (or ``make paper``).
 
-Fills ``paper.md``'s placeholders with the generated benchmark tables and figures and writes
+Fills ``paper.md``'s table blocks and placeholders with the generated benchmark tables and figures and writes
 ``paper/build/paper.md`` and ``paper/build/paper.html``; also ``paper.pdf`` where pandoc and a TeX engine are
-installed. Placeholders: ``{{table:SUITE}}`` (benchmarks/results/SUITE/tables/SUITE.md) and
-``{{figure:SUITE/FILE|caption}}`` (benchmarks/results/SUITE/figures/FILE).
+installed. Table blocks ``<!-- table:KEY -->`` ... ``<!-- /table -->`` hold the generated tables in paper.md itself
+(``make tables`` refreshes them; ``tests/test_paper.py`` checks they are current; see ``benchmarks/report.py``).
+Placeholders: ``{{table:SUITE}}`` (benchmarks/results/SUITE/tables/SUITE.md) and ``{{figure:SUITE/FILE|caption}}``
+(benchmarks/results/SUITE/figures/FILE).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(os.path.dirname(HERE), "benchmarks", "results")
+sys.path.insert(0, os.path.dirname(HERE))  # the repository: benchmarks.report fills the table blocks
 PLACEHOLDER = re.compile(r"\{\{(table|figure):([^}|]+)(?:\|([^}]*))?\}\}")
 
 
@@ -42,6 +46,10 @@ def fill(text: str, results: str, out: str) -> tuple[str, list[str]]:
         shutil.copyfile(path, target)
         return f"![{caption}](figures/{suite}_{name})\n\n*{caption}*"
 
+    from benchmarks.report import fill_blocks
+
+    text = fill_blocks(text, {}, results)
+    missing += [m.group(1) for m in re.finditer(r"<!-- table:([^ >]+) -->\n\*Table not generated yet", text)]
     return PLACEHOLDER.sub(replace, text), sorted(set(missing))
 
 

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,49 @@ def test_collector_selection_columns_by_hand():
     text = markdown(results, published, "t", ["source_only"], ["mnist_to_usps", "usps_to_mnist"])
     row = next(line for line in text.splitlines() if line.startswith("| source_only"))
     assert "| 76.5 ± 1.5 | 77.5 ± 1.5 | 78.5 ± 1.5 | 78.3 | oracle |" in row
+
+
+def test_collect_refuses_to_average_runs_of_different_configs(tmp_path, capsys):
+    from benchmarks.collect import CollectError, check_comparable
+    from benchmarks.collect import main as collect_main
+
+    def run(folder, seed, epochs, progress_bar=True):
+        config = {"seed": seed, "data_root": f"/m{seed}", "trainer": {"epochs": epochs, "progress_bar": progress_bar}}
+        r = {"method": "dann", "source": "a", "target": "b", "seed": seed, "target_acc": 0.5, "config": config}
+        os.makedirs(tmp_path / "runs" / folder)
+        (tmp_path / "runs" / folder / "results.json").write_text(json.dumps(r))
+        return {**r, "_dir": folder}
+
+    same = [run("s0", 0, 20), run("s1", 1, 20, progress_bar=False)]  # seed, data_root, progress bar: no number
+    check_comparable(same)
+    with pytest.raises(CollectError, match=r"differ in trainer\.epochs \(trainer\.epochs: 20 in s0; 2 in s2\)"):
+        check_comparable([*same, run("s2", 2, 2)])
+    with pytest.raises(SystemExit, match="trainer.epochs"):
+        collect_main([str(tmp_path / "runs")])
+    with pytest.raises(SystemExit) as exit_:
+        collect_main(["--help"])
+    assert exit_.value.code == 0 and "example" in capsys.readouterr().out
+
+
+def test_runner_options_and_job_identity(capsys):
+    from benchmarks.run import identity, main, select, variant_dir
+
+    suite = load_suite("digits")
+    assert select(suite, "dann,mcd", "0,5").methods == ["dann", "mcd"]
+    assert select(suite, None, "0,5").seeds == [0, 5] and select(suite, None, None).methods == suite.methods
+    with pytest.raises(SuiteError, match="unknown method 'nope'"):
+        select(suite, "nope", None)
+    launch = [
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "trainer.progress_bar=true",
+        "trainer.tensorboard=true",
+    ]
+    assert identity(launch, ["dann"]) == [] and variant_dir("out", []) == "out"  # the committed layout
+    own = identity([*launch, "trainer.epochs=1", "method.trade_off=0.3"], ["dann"])
+    assert own == ["method.trade_off=0.3", "trainer.epochs=1"]
+    assert variant_dir("out", own) == os.path.join("out", "variants", "method.trade_off-0.3__trainer.epochs-1")
+    main(["--help"])
+    assert "methods=" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="rerun must be true or false"):
+        main(["suite=digits", "rerun=yes"])

@@ -31,3 +31,18 @@ def test_paper_builds_with_the_generated_tables(tmp_path):
     assert "figures/digits_accuracy.png" in html and (tmp_path / "out" / "figures" / "digits_accuracy.png").is_file()
     # a suite without results says how to produce them instead of failing
     assert "python -m benchmarks.run suite=office31" in html
+
+
+def test_readme_and_paper_tables_are_generated():
+    """README.md's and paper.md's table blocks, and every suite's tables, equal what `make tables` writes from the
+    committed results (python -m benchmarks.report --write)."""
+    from benchmarks.report import fill_blocks, planned
+
+    stale = planned()
+    assert not stale, f"run `make tables`: {sorted(os.path.relpath(p, REPO) for p in stale)}"
+    # the check can fail: a hand-edited number inside a block is put back
+    text = open(os.path.join(REPO, "paper", "paper.md")).read()
+    block = text.index("<!-- table:digits -->")
+    row = text.index("\n| ", block) + 1
+    edited = text[:row] + "| edited by hand |\n" + text[row:]
+    assert fill_blocks(edited, {}) != edited and fill_blocks(text, {}) == text
