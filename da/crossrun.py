@@ -519,7 +519,9 @@ def portfolio_jobs(methods: list[str], grid: list[str]) -> list[tuple[str, list[
 def main_portfolio(argv: list[str]) -> int:
     """``da portfolio [--methods a,b] [--grid key=v1,v2]... [--rule R] [--out DIR] [--launcher L] [-- overrides]``:
     train every method × grid point on one task (Hydra overrides after ``--`` apply to every job), then choose
-    among them without target labels; prints the ranking and the chosen run."""
+    among them without target labels; prints the ranking and the chosen run. In-process (no ``--launcher``),
+    methods that start from a source model start from the portfolio's source_only run; under a launcher each
+    such job trains its own source stage."""
     import subprocess
 
     if "--" in argv:
@@ -554,7 +556,7 @@ def main_portfolio(argv: list[str]) -> int:
                 *overrides,
                 f"hydra/launcher={args.launcher}",
                 f"hydra.sweep.dir={args.out}",
-                "hydra.sweep.subdir=${method.name}/${hydra.job.override_dirname}",
+                f"hydra.sweep.subdir=${{method.name}}/{_grid_subdir(args.grid)}",
             ]
             if subprocess.run(cmd).returncode != 0:
                 raise ConfigError("da portfolio: a job failed (its run.log says why); rerun to resume")
@@ -570,6 +572,12 @@ def main_portfolio(argv: list[str]) -> int:
         return 1
     print(sel.table())
     return _report_choice(sel, path)
+
+
+def _grid_subdir(grid: list[str]) -> str:
+    """Hydra's sub-folder of a job, as :func:`portfolio_jobs` names it in-process (``lr0.01``, ``default``)."""
+    keys = [item.partition("=")[0] for item in grid]
+    return "_".join(f"{k.split('.')[-1]}${{{k}}}" for k in keys) or "default"
 
 
 def _fit_jobs(jobs: list[tuple[str, list[str]]], overrides: list[str], out: str, reuse_source: bool) -> None:
