@@ -7,8 +7,8 @@
     python -m benchmarks.report --check   # exit 1, naming the files, if anything would change (tests/test_paper.py)
 
 A table block in a Markdown file is ``<!-- table:KEY -->`` ... ``<!-- /table -->``; KEY names
-``benchmarks/results/KEY/tables/KEY.md`` (a suite's, the selection's, the hard shift's, cross-run choices'), or a
-path under ``benchmarks/results`` ending in ``.md`` (``tta/tta.md``). Everything between the markers is generated:
+``benchmarks/results/<KEY>/tables/<KEY>.md`` (a suite's, the selection's, the hard shift's, cross-run choices'), or,
+when KEY holds a ``/``, ``benchmarks/results/<KEY>.md`` (``tta/tta``). Everything between the markers is generated:
 edit the results, never the block.
 """
 
@@ -27,7 +27,7 @@ from benchmarks.suite import HERE, Suite, SuiteError, job_dir, load_suite, task_
 
 RESULTS = os.path.join(HERE, "results")
 REPO = os.path.dirname(HERE)
-DOCUMENTS = ("README.md", os.path.join("paper", "paper.md"))
+DOCUMENTS = ("README.md", os.path.join("paper", "paper.md"))  # and every docs/*.md
 BLOCK = re.compile(r"(<!-- table:([^ >]+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 
@@ -148,14 +148,14 @@ def suite_tables(results_root: str = RESULTS) -> dict[str, str]:
 def table_text(key: str, generated: dict[str, str], results_root: str = RESULTS) -> str:
     """The Markdown of table KEY: freshly generated when it is a suite's, else the committed file."""
     path = (
-        os.path.join(results_root, key)
-        if key.endswith(".md")
+        os.path.join(results_root, f"{key}.md")
+        if "/" in key
         else os.path.join(results_root, key, "tables", f"{key}.md")
     )
     if path in generated:
         return generated[path]
     if not os.path.isfile(path):
-        return f"*Table not generated yet: run `{producer(key)}` (it writes {os.path.relpath(path, results_root)}).*\n"
+        return f"*Table not generated yet: run `{producer(key)}`.*\n"
     with open(path) as fh:
         return fh.read()
 
@@ -188,7 +188,12 @@ def planned(repo: str = REPO, results_root: str = RESULTS) -> dict[str, str]:
     for path, text in generated.items():
         if not os.path.isfile(path) or open(path).read() != text:
             changes[path] = text
-    for doc in DOCUMENTS:
+    docs = (
+        sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(repo, "docs")) if f.endswith(".md"))
+        if os.path.isdir(os.path.join(repo, "docs"))
+        else []
+    )
+    for doc in [*DOCUMENTS, *docs]:
         path = os.path.join(repo, doc)
         if os.path.isfile(path):
             old = open(path).read()
