@@ -6,6 +6,7 @@ Shared by the runner (``benchmarks.run``) and the report (``benchmarks.report``)
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 import yaml
@@ -58,11 +59,16 @@ def job_dir(out: str, task: dict, method: str, seed: int) -> str:
 
 
 def parse_options(argv: list[str], keys: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
-    """``key=value`` options (only ``keys``) and, after ``--``, overrides passed to every job."""
+    """``key=value`` options (only ``keys``) and, after ``--``, overrides passed to every job. ``-h`` / ``--help``
+    prints the entry point's docstring and the options, and exits 0."""
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
+    if any(a in ("-h", "--help") for a in argv):
+        doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+        print(f"{doc}\n\noptions (key=value): {', '.join(keys)}; after --: da.run overrides for every job")
+        raise SystemExit(0)
     bad = [a for a in argv if "=" not in a or a.split("=", 1)[0] not in keys]
     if bad:
         raise SystemExit(f"error: unknown option {bad[0]!r}; valid: {', '.join(k + '=' for k in keys)}")
