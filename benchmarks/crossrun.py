@@ -126,8 +126,12 @@ def score(out: str) -> str:
 
     rows = []
     images: dict = {}  # MixVal's target images, one per dataset config
+    path = os.path.join(out, "scores.csv")
     for (task, seed), runs in pools(out).items():
         cands, skipped = crossrun.load_candidates(runs)
+        if not cands and os.path.isfile(path):  # a fresh clone: predictions.npz and model.pt are not committed
+            print(f"{task} seed {seed}: no predictions.npz; keeping the committed {path}")
+            return path
         for line in skipped:
             print(f"skipped {line}")
         ice = crossrun.mixval_ice(cands, tasks=images)
@@ -140,7 +144,6 @@ def score(out: str) -> str:
                     rel = os.path.relpath(c.run_dir, out)
                     rows.append([task, seed, rel, c.label, int(c.flagged), rule, int(veto), f"{s:.8g}"])
         print(f"[{time.strftime('%H:%M:%S')}] scored {task} seed {seed}: {len(cands)} runs", flush=True)
-    path = os.path.join(out, "scores.csv")
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(FIELDS)
