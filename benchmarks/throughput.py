@@ -177,8 +177,11 @@ def cache_rows(data: str, images: int, size: int, budget_gb: float, steps: int) 
     spec = {"data_root": data_root, "overrides": cache_overrides(root, data_root, budget_gb, size), "steps": steps}
     decoded_gb = images * 3 * size * size / 2**30
     rows = []
-    for label, phase in (("first run: decode (parallel)", "build"), ("second run: start-up (cache hit)", "build"),
-                         (f"training, {steps} steps + evaluation", "train")):  # fmt: skip
+    for label, phase in (
+        ("first run: decode (parallel)", "build"),
+        ("second run: start-up (cache hit)", "build"),
+        (f"training, {steps} steps + evaluation", "train"),
+    ):
         out = measure({**spec, "phase": phase, "model": "cache", "method": phase}, REPO, cache=True)
         rows.append((label, out))
         print(f"  cache {label}: {out and round(out['seconds'], 1)} s, peak RSS {out and round(out['peak_mb'])} MiB")
@@ -191,11 +194,19 @@ def cache_rows(data: str, images: int, size: int, budget_gb: float, steps: int) 
         "|---|---|---|---|",
     ]
     for label, out in rows:
-        cells = [label, _fmt(out and out["seconds"], ".1f"), _fmt(out and out["peak_mb"]), out and out["held_as"] or "—"]
+        cells = [
+            label,
+            _fmt(out and out["seconds"], ".1f"),
+            _fmt(out and out["peak_mb"]),
+            out and out["held_as"] or "—",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if first and second:
-        lines += ["", f"Second start-up {first['seconds'] / second['seconds']:.0f}x faster than the first; peak RSS "
-                  f"{max(o['peak_mb'] for _, o in rows if o) / 1024:.1f} GiB vs {decoded_gb:.1f} GiB decoded."]  # fmt: skip
+        lines += [
+            "",
+            f"Second start-up {first['seconds'] / second['seconds']:.0f}x faster than the first; peak RSS "
+            f"{max(o['peak_mb'] for _, o in rows if o) / 1024:.1f} GiB vs {decoded_gb:.1f} GiB decoded.",
+        ]
     return lines
 
 

@@ -37,18 +37,11 @@ class Evaluator:
     cached until :meth:`invalidate` (the loop calls it whenever the weights change).
     """
 
-    def __init__(
-        self,
-        task: Task,
-        method: Method,
-        runtime: Runtime,
-        batch_size: int,
-        collapse_fraction: float,
-        max_samples: int | None = None,
-        every: int = 1,
-    ):
+    def __init__(self, task: Task, method: Method, runtime: Runtime, batch_size: int, collapse_fraction: float):
         self.task, self.method, self.runtime, self.batch_size = task, method, runtime, batch_size
-        self.max_samples, self.every = max_samples, every  # the validators' subsample cap; epochs between evaluations
+        # the validators' subsample cap and the epochs between evaluations (trainer.validator_samples, eval_every)
+        self.max_samples = getattr(runtime.cfg, "validator_samples", None)
+        self.every, self.last = getattr(runtime.cfg, "eval_every", 1), getattr(runtime.cfg, "epochs", 0)
         self.splits, self.placement = place_splits(
             {
                 "source_train": resolve(task.source_train),
@@ -64,10 +57,10 @@ class Evaluator:
         self._target_train: Predictions | None = None  # one forward per set of weights
         self.seconds = {"forwards": 0.0, "validators": 0.0}  # the last evaluate(), in its two parts
 
-    def due(self, epoch: int, last: int) -> bool:
+    def due(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` is evaluated: every ``every``-th, the last, and every epoch of an inductive task
         (early stopping reads each one)."""
-        return epoch % self.every == 0 or epoch >= last or self.task.val is not None
+        return epoch % self.every == 0 or epoch >= self.last or self.task.val is not None
 
     def invalidate(self) -> None:
         """The weights changed: predictions are computed afresh when next asked for."""
@@ -126,12 +119,16 @@ class Evaluator:
         return ValidationData(logits_t, features_t, src.logits, src.features, src.labels)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
-        """This epoch's test accuracies (curves), label-free scores and collapse statistics.
+        """This epoch's test accuracies (curves), label-free scores and collapse statistics; nothing (``{}``) for an
+        epoch :meth:`due` skips (``trainer.eval_every``).
 
         The source accuracy curve is measured on the held-out source validation split the validators read when
         the run has one (``source_val`` > 0), else on the source test split; results.json's ``source_acc`` is
         always the source test split's. A source-free method is not evaluated on source images.
         """
+        if not self.due(epoch):
+            self.seconds = {"forwards": 0.0, "validators": 0.0}
+            return {}
         start = time.perf_counter()
         data = self.validation_data()
         tgt = self.target_test_predictions()

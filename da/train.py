@@ -62,9 +62,7 @@ class Trainer:
         self.signature, self.resume_state = config_signature or {}, resume_state
         self.runtime = Runtime(cfg, device, seed)
         self.optimizers = self.runtime.prepare(method)
-        self.evaluator = Evaluator(
-            task, method, self.runtime, cfg.eval_batch_size, cfg.collapse_fraction, cfg.validator_samples, cfg.eval_every
-        )
+        self.evaluator = Evaluator(task, method, self.runtime, cfg.eval_batch_size, cfg.collapse_fraction)
         self.steps_per_epoch = cfg.steps_per_epoch or max(1, method.epoch_length(task) // (cfg.batch_size * self.world))
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.epoch, self.step = 0, 0  # epochs and optimiser steps completed
@@ -231,8 +229,7 @@ class Trainer:
                 self.epoch += 1
                 for cb in self.callbacks:
                     cb.on_train_epoch_end(self)
-                scores = self.evaluator.evaluate(self.epoch) if self.evaluator.due(self.epoch, self.cfg.epochs) else {}
-                row = {"epoch": self.epoch, "step": self.step, **row, **scores}
+                row = {"epoch": self.epoch, "step": self.step, **row, **self.evaluator.evaluate(self.epoch)}
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, row)
         finally:

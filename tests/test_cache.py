@@ -76,17 +76,31 @@ def test_auto_caches_only_large_sets(tmp_path):
 
 def test_folder_task_trains_from_disk(tmp_path):
     import da
-    from da.config import compose
     from da.build import typed_configs
+    from da.config import compose
     from da.data import build_task
 
     for domain in ("s", "t"):
         for c in ("a", "b"):
             _images(tmp_path / "tree" / domain / c, n=4, size=10)
-    over = ["dataset=folder", f"dataset.root={tmp_path / 'tree'}", "dataset.source=s", "dataset.target=t",
-            "dataset.resize=20", "dataset.crop=16", "dataset.cache=true", "dataset.memory_budget_gb=0",
-            "backbone=lenet", f"data_root={tmp_path / 'root'}", "trainer.epochs=1", "trainer.steps_per_epoch=2",
-            "trainer.batch_size=4", "method=source_only", "device=cpu", "trainer.progress_bar=false"]  # fmt: skip
+    over = [
+        "dataset=folder",
+        f"dataset.root={tmp_path / 'tree'}",
+        "dataset.source=s",
+        "dataset.target=t",
+        "dataset.resize=20",
+        "dataset.crop=16",
+        "dataset.cache=true",
+        "dataset.memory_budget_gb=0",
+        "backbone=lenet",
+        f"data_root={tmp_path / 'root'}",
+        "trainer.epochs=1",
+        "trainer.steps_per_epoch=2",
+        "trainer.batch_size=4",
+        "method=source_only",
+        "device=cpu",
+        "trainer.progress_bar=false",
+    ]
     cfg = compose(over)
     task = build_task(typed_configs(cfg).dataset, 0, str(tmp_path / "root"))
     assert isinstance(task.source_train.x, cache.DiskImages)

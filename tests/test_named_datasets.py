@@ -45,7 +45,7 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 def _office_home(root):
     for d in ("Art", "Clipart"):
-        for k, c in enumerate(("Alarm_Clock", "Backpack", "Zebra")[: 3]):
+        for k, c in enumerate(("Alarm_Clock", "Backpack", "Zebra")[:3]):
             for i in range(2 + k):
                 _png(str(root / "office_home" / d / c / f"{i:05d}.jpg"), value=10 * i)
 
@@ -114,10 +114,12 @@ def test_domainnet_official_splits(tmp_path, monkeypatch, variant):
 
 
 def test_missing_dataset_is_one_line_naming_files_and_folder(tmp_path):
-    for cfg, file in ((listed.VisDA2017Config(download=False), "train.tar"),
-                      (listed.OfficeHomeConfig(download=False), "Art.tgz"),
-                      (listed.DomainNetConfig(variant=345, download=False), "real_train.txt"),
-                      (listed.MnistMConfig(download=False), "mnist_m.tar.gz")):  # fmt: skip
+    for cfg, file in (
+        (listed.VisDA2017Config(download=False), "train.tar"),
+        (listed.OfficeHomeConfig(download=False), "Art.tgz"),
+        (listed.DomainNetConfig(variant=345, download=False), "real_train.txt"),
+        (listed.MnistMConfig(download=False), "mnist_m.tar.gz"),
+    ):
         with pytest.raises(DataError) as err:
             listed.build_listed(cfg, 0, str(tmp_path))
         assert file in _one_line(err) and str(tmp_path / listed.manifest_of(cfg).folder) in str(err.value)
@@ -180,15 +182,29 @@ def _digit5(root, n=8):
     os.makedirs(base, exist_ok=True)
     rng = np.random.default_rng(0)
     onehot = np.eye(10)[np.arange(n) % 10]
-    savemat(base / "mnist_data.mat", {"train_32": rng.integers(0, 256, (n, 32, 32)), "test_32": rng.integers(0, 256, (n, 32, 32)),
-                                      "label_train": onehot, "label_test": onehot})  # fmt: skip
+    savemat(
+        base / "mnist_data.mat",
+        {
+            "train_32": rng.integers(0, 256, (n, 32, 32)),
+            "test_32": rng.integers(0, 256, (n, 32, 32)),
+            "label_train": onehot,
+            "label_test": onehot,
+        },
+    )
     rgb = rng.integers(0, 256, (n, 28, 28, 3)).astype(np.uint8)
     savemat(base / "mnistm_with_label.mat", {"train": rgb, "test": rgb, "label_train": onehot, "label_test": onehot})
     for name in ("svhn_train_32x32.mat", "svhn_test_32x32.mat"):
         savemat(base / name, {"X": rng.integers(0, 256, (32, 32, 3, n)).astype(np.uint8), "y": np.full((n, 1), 10)})
     syn = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
-    savemat(base / "syn_number.mat", {"train_data": syn, "train_label": np.arange(n).reshape(-1, 1) % 10,
-                                      "test_data": syn, "test_label": np.arange(n).reshape(-1, 1) % 10})  # fmt: skip
+    savemat(
+        base / "syn_number.mat",
+        {
+            "train_data": syn,
+            "train_label": np.arange(n).reshape(-1, 1) % 10,
+            "test_data": syn,
+            "test_label": np.arange(n).reshape(-1, 1) % 10,
+        },
+    )
     usps = np.empty((2, 2), dtype=object)
     usps[0, 0], usps[0, 1] = rng.random((n, 1, 28, 28)), np.arange(n).reshape(-1, 1) % 10
     usps[1, 0], usps[1, 1] = rng.random((3, 1, 28, 28)), np.arange(3).reshape(-1, 1)
@@ -216,8 +232,13 @@ def test_digit5_every_domain_and_protocol(tmp_path, monkeypatch):
 def test_cli_missing_dataset_exits_2_with_one_line(tmp_path):
     from tests.conftest import run_cli
 
-    proc = run_cli("dataset=visda2017", f"data_root={tmp_path}", "dataset.download=false", "device=cpu",
-                   f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    proc = run_cli(
+        "dataset=visda2017",
+        f"data_root={tmp_path}",
+        "dataset.download=false",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "train.tar" in lines[0], proc.stderr

@@ -253,4 +253,3 @@ def test_eval_every_and_validator_cap_change_no_training(tmp_path):
         full = list(csv.DictReader(fh))
     assert rows[1]["target_acc"] == full[1]["target_acc"]  # the accuracy sees every image
     assert rows[1]["im_score"] != full[1]["im_score"]  # the validators a subsample of 20
-

@@ -73,8 +73,12 @@ from da.data.listed import (  # noqa: E402
     build_listed,
 )
 
-for _name, _config in (("office_home", OfficeHomeConfig), ("visda2017", VisDA2017Config),
-                       ("domainnet", DomainNetConfig), ("mnist_m", MnistMConfig)):  # fmt: skip
+for _name, _config in (
+    ("office_home", OfficeHomeConfig),
+    ("visda2017", VisDA2017Config),
+    ("domainnet", DomainNetConfig),
+    ("mnist_m", MnistMConfig),
+):
     DATASETS.register(_name)(DatasetEntry(_config, build_listed))
 DATASETS.register("svhn")(DatasetEntry(SvhnConfig, build_svhn))
 DATASETS.register("digit5")(DatasetEntry(Digit5Config, build_digit5))

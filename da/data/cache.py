@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+from PIL import Image
 
 from da.errors import DataError, one_line
 from da.runfolder import read_json, write_json
@@ -167,8 +168,6 @@ def file_lock(path: str) -> Iterator[None]:
 
 def _decode_rows(args: tuple) -> list[tuple[int, str]]:
     """Worker: decode ``paths`` into rows ``start..`` of the (N, 3, S, S) file ``out``; the failures' reasons."""
-    from da.data.images import decode_image
-
     out, shape, start, paths = args
     rows = np.memmap(out, dtype=np.uint8, mode="r+", shape=shape)
     errors = []
@@ -181,6 +180,25 @@ def _decode_rows(args: tuple) -> list[tuple[int, str]]:
     rows.flush()
     del rows
     return errors
+
+
+def decode_image(path: str, size: int) -> np.ndarray | str:
+    """(S, S, 3) uint8 pixels of one image, or the reason it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            img = _to_8bit(img).convert("RGB").resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except Exception as err:  # a corrupt or truncated file of any kind is skipped, never fatal
+        return f"{type(err).__name__}: {err}"
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit (and 32-bit integer) grey images scaled to 8 bits: PIL's ``convert`` would clip them to 255."""
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return img
+    arr = np.asarray(img).astype(np.float64)
+    full = 65535.0 if img.mode.startswith("I;16") or arr.max() <= 65535 else float(arr.max())
+    return Image.fromarray(np.clip(np.rint(arr * 255.0 / full), 0, 255).astype(np.uint8), mode="L")
 
 
 def _workers() -> int:
@@ -246,8 +264,13 @@ def cached_decode(
     images = DiskImages(data, shape)
     if images.nelement() <= budget:
         return images.load(), errors
-    log.info("%s: %.1f GiB decoded > memory budget %.1f GiB: batches are read from %s", what,
-             images.nelement() / 2**30, budget / 2**30, data)  # fmt: skip
+    log.info(
+        "%s: %.1f GiB decoded > memory budget %.1f GiB: batches are read from %s",
+        what,
+        images.nelement() / 2**30,
+        budget / 2**30,
+        data,
+    )
     return images, errors
 
 
@@ -278,7 +301,12 @@ def _build(paths: list[str], size: int, data: str, meta_path: str, shape: tuple[
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-    meta = {"shape": list(shape), "errors": {str(k): v for k, v in errors.items()}, "paths": len(paths),
-            "decode_seconds": round(time.perf_counter() - start, 3), "decoder": DECODER_VERSION}  # fmt: skip
+    meta = {
+        "shape": list(shape),
+        "errors": {str(k): v for k, v in errors.items()},
+        "paths": len(paths),
+        "decode_seconds": round(time.perf_counter() - start, 3),
+        "decoder": DECODER_VERSION,
+    }
     write_json(meta_path, meta)
     return meta

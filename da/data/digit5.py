@@ -24,13 +24,19 @@ from da.data.base import LabelledTensors, Task, transductive_task
 from da.errors import ConfigError, DataError, one_line
 
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
-SVHN_FILES = {"train": ("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d0373"),
-              "test": ("test_32x32.mat", "eb5a983be6a315427106f1b69d0d4b5f")}  # fmt: skip (torchvision's md5s)
+SVHN_FILES = {
+    "train": ("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d0373"),
+    "test": ("test_32x32.mat", "eb5a983be6a315427106f1b69d0d4b5f"),
+}  # torchvision's md5s
 SVHN_COUNTS = {"train": 73_257, "test": 26_032}
 DIGIT5_DOMAINS = ("mnist", "mnistm", "svhn", "syn", "usps")
-DIGIT5_FILES = {"mnist": ("mnist_data.mat",), "mnistm": ("mnistm_with_label.mat",),
-                "svhn": ("svhn_train_32x32.mat", "svhn_test_32x32.mat"), "syn": ("syn_number.mat",),
-                "usps": ("usps_28x28.mat",)}  # fmt: skip
+DIGIT5_FILES = {
+    "mnist": ("mnist_data.mat",),
+    "mnistm": ("mnistm_with_label.mat",),
+    "svhn": ("svhn_train_32x32.mat", "svhn_test_32x32.mat"),
+    "syn": ("syn_number.mat",),
+    "usps": ("usps_28x28.mat",),
+}
 DIGIT5_HOME = "https://drive.google.com/file/d/1QvC6mDVN25VArmTuSHqgd7Cf9CoiHvVt (Digit-Five, from ai.bu.edu/M3SDA)"
 PROTOCOL = (25_000, 9_000)  # training / test images per domain (M3SDA)
 
@@ -108,16 +114,29 @@ def build_svhn(cfg: SvhnConfig, seed: int, data_root: str) -> Task:
             except Exception as err:
                 if os.path.isfile(path):
                     os.remove(path)
-                raise DataError(f"SVHN {name} not found and the download failed ({one_line(err)[:120]}): {place}") from err
+                raise DataError(
+                    f"SVHN {name} not found and the download failed ({one_line(err)[:120]}): {place}"
+                ) from err
         if cfg.verify and not check_integrity(path, md5):
-            raise DataError(f"{path} does not match md5 {md5} (a partial or different download): delete it and download it again")
+            raise DataError(
+                f"{path} does not match md5 {md5} (a partial or different download): delete it and download it again"
+            )
         x, y = svhn_arrays(load_mat(path))
         if cfg.verify and len(y) != SVHN_COUNTS[split]:
             raise DataError(f"{path} holds {len(y):,} images, the official {split} split {SVHN_COUNTS[split]:,}")
         splits.append(LabelledTensors(to_tensor(x), torch.as_tensor(y)))
     pair = (splits[0], splits[1])
-    return transductive_task("svhn", "svhn", "svhn", pair, pair, [str(d) for d in range(10)], 3, 32,
-                             notes={"normalization": ((0.5,) * 3, (0.5,) * 3)})  # fmt: skip
+    return transductive_task(
+        "svhn",
+        "svhn",
+        "svhn",
+        pair,
+        pair,
+        [str(d) for d in range(10)],
+        3,
+        32,
+        notes={"normalization": ((0.5,) * 3, (0.5,) * 3)},
+    )
 
 
 def digit5_arrays(domain: str, base: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -126,7 +145,9 @@ def digit5_arrays(domain: str, base: str) -> tuple[np.ndarray, np.ndarray, np.nd
     absent = [p for p in paths if not os.path.isfile(p)]
     if absent:
         names = ", ".join(os.path.basename(p) for p in absent)
-        raise DataError(f"Digit-Five {domain}: {names} not found in {base}/: put the archive's .mat files there ({DIGIT5_HOME})")
+        raise DataError(
+            f"Digit-Five {domain}: {names} not found in {base}/: put the archive's .mat files there ({DIGIT5_HOME})"
+        )
     mat = load_mat(paths[0])
     try:
         if domain == "mnist":
@@ -141,7 +162,9 @@ def digit5_arrays(domain: str, base: str) -> tuple[np.ndarray, np.ndarray, np.nd
         data = mat["dataset"]  # usps: [[train x, train y], [test x, test y]]
         return data[0][0], data[0][1].reshape(-1), data[1][0], data[1][1].reshape(-1)
     except (KeyError, IndexError, ValueError) as err:
-        raise DataError(f"{paths[0]} is not the Digit-Five {domain} file ({one_line(err)[:80]}): {DIGIT5_HOME}") from err
+        raise DataError(
+            f"{paths[0]} is not the Digit-Five {domain} file ({one_line(err)[:80]}): {DIGIT5_HOME}"
+        ) from err
 
 
 def digit5_domain(domain: str, base: str, split_seed: int) -> tuple[LabelledTensors, LabelledTensors]:
@@ -158,5 +181,14 @@ def digit5_domain(domain: str, base: str, split_seed: int) -> tuple[LabelledTens
 def build_digit5(cfg: Digit5Config, seed: int, data_root: str) -> Task:
     base = os.path.join(os.path.expanduser(data_root), "digit5")
     domains = {d: digit5_domain(d, base, cfg.split_seed) for d in dict.fromkeys((cfg.source, cfg.target))}
-    return transductive_task("digit5", cfg.source, cfg.target, domains[cfg.source], domains[cfg.target],
-                             [str(d) for d in range(10)], 3, 32, notes={"normalization": ((0.5,) * 3, (0.5,) * 3)})  # fmt: skip
+    return transductive_task(
+        "digit5",
+        cfg.source,
+        cfg.target,
+        domains[cfg.source],
+        domains[cfg.target],
+        [str(d) for d in range(10)],
+        3,
+        32,
+        notes={"normalization": ((0.5,) * 3, (0.5,) * 3)},
+    )

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from da.data.base import LabelledTensors, Task, transductive_task
 from da.data.images import (
     IMAGENET_MEAN,
-    CacheOptions,
     IMAGENET_STD,
+    CacheOptions,
     DecodedImages,
     check_same_classes,
     decode_folder,

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from da.data.base import LabelledTensors
+from da.data.cache import decode_image
 from da.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -79,25 +79,6 @@ def check_same_classes(classes: dict[str, list[str]]) -> list[str]:
     return sorted(reference)
 
 
-def decode_image(path: str, size: int) -> np.ndarray | str:
-    """(S, S, 3) uint8 pixels of one image, or the reason it cannot be read."""
-    try:
-        with Image.open(path) as img:
-            img = _to_8bit(img).convert("RGB").resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except Exception as err:  # a corrupt or truncated file of any kind is skipped, never fatal
-        return f"{type(err).__name__}: {err}"
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit (and 32-bit integer) grey images scaled to 8 bits: PIL's ``convert`` would clip them to 255."""
-    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        return img
-    arr = np.asarray(img).astype(np.float64)
-    full = 65535.0 if img.mode.startswith("I;16") or arr.max() <= 65535 else float(arr.max())
-    return Image.fromarray(np.clip(np.rint(arr * 255.0 / full), 0, 255).astype(np.uint8), mode="L")
-
-
 @dataclass
 class DecodedImages:
     x: torch.Tensor  # (N, 3, S, S) uint8 — or DiskImages (da.data.cache) when a cached set exceeds the memory budget
@@ -136,8 +117,11 @@ def decode_paths(
     from da.data.cache import MIN_CACHED_BYTES, cached_decode, memory_budget
 
     estimate = len(paths) * 3 * size * size
-    use_cache = cache is not None and cache.root and (cache.mode == "true" or (
-        cache.mode == "auto" and estimate >= MIN_CACHED_BYTES))  # fmt: skip
+    use_cache = (
+        cache is not None
+        and cache.root
+        and (cache.mode == "true" or (cache.mode == "auto" and estimate >= MIN_CACHED_BYTES))
+    )
     if use_cache:
         budget = memory_budget(None) if cache.budget is None else cache.budget  # type: ignore[union-attr]
         x, failed = cached_decode(paths, size, cache.root, budget, what)  # type: ignore[arg-type,union-attr]
@@ -145,8 +129,12 @@ def decode_paths(
         if estimate > MEMORY_WARNING_BYTES:
             log.warning(
                 "%s: holding %d images at %dx%d takes %.1f GiB of memory; a smaller dataset.resize needs less",
-                what, len(paths), size, size, estimate / 2**30,
-            )  # fmt: skip
+                what,
+                len(paths),
+                size,
+                size,
+                estimate / 2**30,
+            )
         x, failed = _decode_in_memory(paths, size)
     skipped = [f"{paths[i]}: {e}" for i, e in sorted(failed.items())]
     keep = [i for i in range(len(paths)) if i not in failed]

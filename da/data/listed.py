@@ -84,9 +84,14 @@ VISDA2017 = Manifest(
     metric="mean_class_accuracy",
 )
 DOMAINNET_URL = "http://csr.bu.edu/ftp/visda/2019/multi-source/"  # ai.bu.edu/M3SDA, the cleaned version
-DOMAINNET_ZIPS = {"clipart": "groundtruth/clipart.zip", "infograph": "infograph.zip",
-                  "painting": "groundtruth/painting.zip", "quickdraw": "quickdraw.zip", "real": "real.zip",
-                  "sketch": "sketch.zip"}  # fmt: skip
+DOMAINNET_ZIPS = {
+    "clipart": "groundtruth/clipart.zip",
+    "infograph": "infograph.zip",
+    "painting": "groundtruth/painting.zip",
+    "quickdraw": "quickdraw.zip",
+    "real": "real.zip",
+    "sketch": "sketch.zip",
+}
 MME_LISTS = "https://raw.githubusercontent.com/VisionLearningGroup/SSDA_MME/master/data/txt/multi/"
 DOMAINNET = Manifest(
     folder="domainnet",
@@ -102,10 +107,19 @@ DOMAINNET = Manifest(
         for d, z in DOMAINNET_ZIPS.items()
     },
     counts={  # the cleaned lists: 586,575 images
-        "clipart/train": 33_525, "clipart/test": 14_604, "infograph/train": 36_023, "infograph/test": 15_582,
-        "painting/train": 50_416, "painting/test": 21_850, "quickdraw/train": 120_750, "quickdraw/test": 51_750,
-        "real/train": 120_906, "real/test": 52_041, "sketch/train": 48_212, "sketch/test": 20_916,
-    },  # fmt: skip
+        "clipart/train": 33_525,
+        "clipart/test": 14_604,
+        "infograph/train": 36_023,
+        "infograph/test": 15_582,
+        "painting/train": 50_416,
+        "painting/test": 21_850,
+        "quickdraw/train": 120_750,
+        "quickdraw/test": 51_750,
+        "real/train": 120_906,
+        "real/test": 52_041,
+        "sketch/train": 48_212,
+        "sketch/test": 20_916,
+    },
 )
 DOMAINNET126 = Manifest(
     folder="domainnet",
@@ -128,9 +142,12 @@ MNIST_M = Manifest(
     classes=10,
     archives={  # the mirror pytorch-adapt downloads (KevinMusgrave/pytorch-adapt, datasets/mnistm.py)
         "mnist_m": (
-            Archive("mnist_m.tar.gz", "https://cornell.box.com/shared/static/jado7quprg6hzzdubvwzh9umr75damwi",
-                    "859df31c91afe82e80e5012ba928f279"),
-        )  # fmt: skip
+            Archive(
+                "mnist_m.tar.gz",
+                "https://cornell.box.com/shared/static/jado7quprg6hzzdubvwzh9umr75damwi",
+                "859df31c91afe82e80e5012ba928f279",
+            ),
+        )
     },
     counts={"mnist_m/train": 59_001, "mnist_m/test": 9_001},
 )
@@ -273,7 +290,9 @@ def fetch(manifest: Manifest, base: str, domains: list[str], download: bool, mis
                     if os.path.isfile(path):
                         os.remove(path)  # never leave a partial archive behind
                     reason = one_line(err)[:160]
-                    raise DataError(f"{missing}; the download failed ({reason}): {where(manifest, base, domains)}") from err
+                    raise DataError(
+                        f"{missing}; the download failed ({reason}): {where(manifest, base, domains)}"
+                    ) from err
             if archive.md5 and md5_of(path) != archive.md5:
                 raise DataError(
                     f"{path} does not match md5 {archive.md5} (a partial or different download): delete it and "
@@ -428,4 +447,3 @@ def build_listed(cfg: ImageListConfig, seed: int, data_root: str) -> Task:
         notes={"normalization": (IMAGENET_MEAN, IMAGENET_STD), "metric": manifest.metric},
         target_train_eval=t_train_eval,
     )
-
