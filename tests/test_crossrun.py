@@ -215,6 +215,7 @@ def test_select_missing_or_empty_folder_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not a folder" in err[0] and "no run folder" in err[1]
     assert crossrun.main_portfolio(["--methods", "nope", "--out", str(tmp_path)]) == 2
+    assert crossrun.main([]) == 2 and crossrun.main(["nope"]) == 2  # python -m da.crossrun without a command
 
 
 def test_mixval_reads_no_target_label(portfolio, monkeypatch):
