@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-run run test lint format clean paper tables benchmark-digits screenshot
+.PHONY: install install-run run test lint format clean paper tables docs benchmark-digits screenshot
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ paper: install
 # README's and the paper's results tables, regenerated from benchmarks/results (tests/test_paper.py checks them)
 tables: install-run
 	$(PY) -m benchmarks.report --write
+
+# the documentation site (docs/ + the API reference from the docstrings) in build/site; any warning is an error
+docs: install
+	$(PY) -m pip install --quiet -e ".[docs]"
+	$(PY) -m mkdocs build --strict
 
 # a headless-Chromium screenshot of a run's report.html (apt-get install chromium): make screenshot RUN=<run folder>
 screenshot:

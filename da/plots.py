@@ -77,6 +77,7 @@ def accuracy_bars(results: list[dict[str, Any]], path: str, order: list[str] | N
     sns.barplot(df, x="method", y="target accuracy (%)", hue="task", order=order, errorbar="sd", ax=ax, capsize=0.1)
     ax.set_xlabel("")
     ax.tick_params(axis="x", rotation=35)
+    ax.set_title("Target test accuracy per method (mean ± std over seeds)")
     if df["task"].nunique() == 1:
         ax.get_legend().remove()
     return _save(fig, path)
@@ -93,11 +94,14 @@ def training_curves(run_dirs: dict[str, list[str]], path: str, metric: str = "ta
             with open(os.path.join(d, "log.csv")) as fh:
                 for row in csv.DictReader(fh):
                     if row.get(metric):
-                        frames.append({"method": method, "epoch": int(row["epoch"]), metric: float(row[metric])})
+                        value = float(row[metric]) * (100 if metric.endswith("_acc") else 1)  # accuracies in %
+                        frames.append({"method": method, "epoch": int(row["epoch"]), metric: value})
     df = pd.DataFrame(frames)
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     sns.lineplot(df, x="epoch", y=metric, hue="method", errorbar="sd", ax=ax)
-    ax.set_ylabel(metric.replace("_", " "))
+    label = metric.replace("_acc", " accuracy (%)").replace("_", " ")
+    ax.set_ylabel(label)
+    ax.set_title(f"{label[0].upper() + label[1:]} per epoch (mean ± std over seeds; curves only, chooses nothing)")
     ax.legend(fontsize=7, ncols=2)
     return _save(fig, path)
 
@@ -154,6 +158,7 @@ def _draw_tsne(points, path: str) -> str:
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][0].legend(markerscale=3)
+    fig.suptitle("t-SNE of bottleneck features, source and target test images")
     return _save(fig, path)
 
 
@@ -167,6 +172,7 @@ def pad_bars(pads: dict[str, list[float]], path: str) -> str:
     sns.barplot(df, x="method", y="proxy A-distance", errorbar="sd", ax=ax, capsize=0.1, color="tab:gray")
     ax.set_xlabel("")
     ax.tick_params(axis="x", rotation=35)
+    ax.set_title("Proxy A-distance between source and target features (lower: less separable)")
     return _save(fig, path)
 
 

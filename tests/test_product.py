@@ -187,3 +187,28 @@ def test_every_package_folder_is_listed_in_pyproject():
             rel = os.path.relpath(root, os.path.join(repo, top))
             found.add(prefix if rel == "." else f"{prefix}.{rel.replace(os.sep, '.')}")
     assert found == listed
+
+
+def test_readme_quickstart_commands_parse(monkeypatch):
+    """Every `da ...` line of README's quickstart is a valid command: its subcommand and options parse, and a
+    `da train` line's overrides pass the CLI's checks (the commands themselves run in the quickstart of a fresh
+    clone; this guards the README against drifting from the CLI)."""
+    import shlex
+
+    from da.run import check_overrides
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(repo, "README.md")).read()
+    quick = text[text.index("## Quickstart") :]
+    block = quick[quick.index("```bash") : quick.index("```\n", quick.index("```bash") + 7)]
+    lines = [ln.split("#")[0].strip() for ln in block.splitlines() if ln.startswith("da ")]
+    assert len(lines) >= 6 and any(ln.startswith("da predict") for ln in lines)
+    monkeypatch.chdir(repo)
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        if argv[0] == "train":
+            check_overrides(argv[1:])
+        else:
+            args = cli.parser().parse_args(argv)
+            assert callable(args.handler), line
+    assert os.path.isdir(os.path.join(repo, "docs", "examples", "digits"))  # what `da predict` reads there
