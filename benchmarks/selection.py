@@ -1,6 +1,10 @@
 """The selection benchmark: how well does each label-free validator choose a configuration and a checkpoint?
 
-``python -m benchmarks.selection [suite=digits_selection] [out=DIR] [stage=all|sweep|report] [-- overrides]``
+``python -m benchmarks.selection [suite=digits_selection] [out=DIR] [stage=all|sweep|report] [eval_every=K]``
+``[-- overrides]``
+
+``eval_every=K`` reports the regret the validators would have if runs scored only every K-th epoch and the last
+(``trainer.eval_every=K``): it reads the same runs (training does not change), writes ``<suite>_eval_every<K>.*``.
 
 A selection suite (``benchmarks/suites/<name>.yaml``) gives, per method, a small grid of its main knobs and
 which grid point is the method's default. Every (method, grid point, seed) is one ``da.run`` job of one Hydra
@@ -138,8 +142,20 @@ def weighted_spearman(scores: np.ndarray, accuracies: np.ndarray, power: float =
     return float(cov / np.sqrt(var)) if var > 0 else float("nan")
 
 
-def analyse(suite: SelectionSuite, out: str) -> dict[str, dict]:
-    """Per method: per validator the picked / default / oracle accuracies and regrets per seed, and wsp."""
+def thin(rows: list[dict[str, float]], every: int) -> list[dict[str, float]]:
+    """The rows as a run with ``trainer.eval_every=every`` scores them: validator scores only after every
+    ``every``-th epoch and the last (training is the same: the other epochs' weights are only not scored)."""
+    if every <= 1 or not rows:
+        return rows
+    last = max(r["epoch"] for r in rows)
+    keep = lambda r: r["epoch"] % every == 0 or r["epoch"] == last  # noqa: E731
+    return [r if keep(r) else {k: v for k, v in r.items() if not k.endswith("_score")} for r in rows]
+
+
+def analyse(suite: SelectionSuite, out: str, every: int = 1) -> dict[str, dict]:
+    """Per method: per validator the picked / default / oracle accuracies and regrets per seed, and wsp.
+    ``every`` > 1: the validators choose among the epochs ``trainer.eval_every=every`` would evaluate (see
+    :func:`thin`); the oracle still sees every logged epoch."""
     result: dict[str, dict] = {}
     for method, grid in suite.grids.items():
         per_seed: dict[int, list[tuple[str, dict[str, float]]]] = {}
@@ -148,7 +164,7 @@ def analyse(suite: SelectionSuite, out: str) -> dict[str, dict]:
             for point in grid_points(grid):
                 folder = job_dir(out, method, point, seed)
                 if os.path.isfile(os.path.join(folder, "log.csv")):
-                    rows += [(slug(point), r) for r in read_log(folder)]
+                    rows += [(slug(point), r) for r in thin(read_log(folder), every)]
             if rows:
                 per_seed[seed] = rows
         if not per_seed:
@@ -165,7 +181,7 @@ def analyse(suite: SelectionSuite, out: str) -> dict[str, dict]:
         for rows in per_seed.values():
             last = max((r for s, r in rows if s == default), key=lambda r: r["epoch"], default=None)
             out_m["default"].append(last["target_acc"] if last else float("nan"))
-            out_m["oracle"].append(max(r["target_acc"] for _, r in rows))
+            out_m["oracle"].append(max(r["target_acc"] for _, r in rows if "target_acc" in r))
             for v in validators:
                 scored = [
                     (r[f"{v}_score"], r["epoch"], r["target_acc"])
@@ -189,9 +205,11 @@ def _pm(values: list[float]) -> str:
     return "n/a" if len(v) == 0 else f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}"
 
 
-def report(suite: SelectionSuite, out: str) -> list[str]:
-    """Write tables/<suite>.md and .csv; return their paths."""
-    data = analyse(suite, out)
+def report(suite: SelectionSuite, out: str, every: int = 1) -> list[str]:
+    """Write tables/<suite>.md and .csv (``every`` > 1: <suite>_eval_every<k>.*, see :func:`analyse`); return
+    their paths."""
+    data = analyse(suite, out, every)
+    name = suite.name if every <= 1 else f"{suite.name}_eval_every{every}"
     folder = os.path.join(out, "tables")
     os.makedirs(folder, exist_ok=True)
     lines = [
@@ -229,26 +247,29 @@ def report(suite: SelectionSuite, out: str) -> list[str]:
             )
     lines += ["", "Smallest regret per method (the validator to trust on this task, as far as these runs go):", ""]
     lines += best_lines
-    md = os.path.join(folder, f"{suite.name}.md")
+    if every > 1:
+        lines[0] += f" — validators scoring every {every}th epoch and the last (trainer.eval_every={every})"
+    md = os.path.join(folder, f"{name}.md")
     with open(md, "w") as fh:
         fh.write("\n".join(lines) + "\n")
-    path_csv = os.path.join(folder, f"{suite.name}.csv")
+    path_csv = os.path.join(folder, f"{name}.csv")
     with open(path_csv, "w", newline="") as fh:
         csv.writer(fh).writerows(rows_csv)
-    with open(os.path.join(folder, f"{suite.name}.json"), "w") as fh:
+    with open(os.path.join(folder, f"{name}.json"), "w") as fh:
         json.dump(data, fh, indent=1, default=float)
     return [md, path_csv]
 
 
 def main(argv: list[str] | None = None) -> None:
-    opts, extra = parse_options(sys.argv[1:] if argv is None else argv, ("suite", "out", "stage"))
+    opts, extra = parse_options(sys.argv[1:] if argv is None else argv, ("suite", "out", "stage", "eval_every"))
     suite = load(opts.get("suite", "digits_selection"))
     out = opts.get("out") or os.path.join(HERE, "results", suite.name)
     start = time.perf_counter()
     if opts.get("stage", "all") in ("all", "sweep"):
         sweep(suite, out, extra)
     if opts.get("stage", "all") in ("all", "report"):
-        print("wrote " + ", ".join(os.path.relpath(p) for p in report(suite, out)))
+        every = int(opts.get("eval_every", "1"))
+        print("wrote " + ", ".join(os.path.relpath(p) for p in report(suite, out, every)))
     print(f"selection suite {suite.name} finished in {time.perf_counter() - start:.0f}s; results in {out}")
 
 

@@ -51,3 +51,10 @@ def test_default_must_be_a_grid_point(tmp_path):
     )
     with pytest.raises(SystemExit, match="default of dann"):
         selection.load(str(bad))
+
+
+def test_thin_keeps_the_scores_eval_every_computes():
+    rows = [{"epoch": e, "target_acc": 0.1 * e, "im_score": -e} for e in range(1, 6)]
+    thinned = selection.thin(rows, 2)
+    assert [("im_score" in r) for r in thinned] == [False, True, False, True, True]  # every 2nd and the last
+    assert all("target_acc" in r for r in thinned) and selection.thin(rows, 1) is rows
