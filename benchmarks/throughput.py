@@ -123,7 +123,13 @@ def cache_overrides(root: str, data_root: str, budget_gb: float, size: int) -> l
     """The folder task of the cache rows: decoded at ``size``² through the cache, budget ``budget_gb`` GiB; LeNet
     on 32x32 crops (the rows measure the data path, not a large model)."""
     ds = ["dataset=folder", f"dataset.root={root}", "dataset.source=source", "dataset.target=target"]
-    ds += [f"dataset.resize={size}", "dataset.crop=32", "dataset.cache=true", f"dataset.memory_budget_gb={budget_gb}"]
+    crop = min(32, size)
+    ds += [
+        f"dataset.resize={size}",
+        f"dataset.crop={crop}",
+        "dataset.cache=true",
+        f"dataset.memory_budget_gb={budget_gb}",
+    ]
     return [*ds, f"data_root={data_root}", "backbone=lenet"]
 
 

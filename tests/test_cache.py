@@ -106,3 +106,16 @@ def test_folder_task_trains_from_disk(tmp_path):
     assert isinstance(task.source_train.x, cache.DiskImages)
     results = da.fit(cfg, run_dir=str(tmp_path / "run"), quiet=True)
     assert results["splits"]["target_test"] == 8 and 0 <= results["target_acc"] <= 1
+
+
+def test_throughput_cache_rows_on_a_tiny_folder(tmp_path, monkeypatch):
+    from benchmarks import throughput
+
+    monkeypatch.setattr(
+        throughput, "measure", lambda spec, tree, cache=False: throughput.cache_worker(spec)
+    )  # in-process
+    lines = throughput.cache_rows(str(tmp_path), images=40, size=20, budget_gb=1e-5, steps=2)
+    table = "\n".join(lines)
+    assert "40 JPEGs at 20x20" in table and "first run: decode (parallel)" in table
+    assert table.count("DiskImages") == 3  # over the budget: every phase reads the cache file
+    assert "faster than the first" in table
