@@ -80,6 +80,7 @@ def test_visda_lists_metric_and_missing_images(tmp_path, monkeypatch):
     assert task.notes["metric"] == "mean_class_accuracy" and task.num_classes == 12
     assert task.target_test.x is task.target_train_eval.base.x  # one forward: accuracy and validators
     assert sorted(set(task.source_train.y.tolist())) == [0, 11]
+    assert task.class_names[0] == "aeroplane" and task.class_names[11] == "truck" and task.class_names[1] == "1"
     os.remove(tmp_path / "visda2017" / "validation" / "truck" / "real_1.png")
     with pytest.raises(DataError) as err:
         _build(listed.VisDA2017Config, tmp_path)

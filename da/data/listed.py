@@ -404,6 +404,18 @@ def domain_splits(cfg: ImageListConfig, base: str, domain: str) -> dict[str, Spl
     return splits
 
 
+def class_names(default: list[str], splits: list[Split]) -> list[str]:
+    """Each label's name: the folder its images sit in (``<class>/<file>`` layouts), when that is one name per
+    label; else ``default`` (MNIST-M's flat folders: the digits)."""
+    seen: dict[int, set[str]] = {}
+    for s in splits:
+        for path, label in zip(s.paths, s.labels, strict=True):
+            seen.setdefault(label, set()).add(os.path.basename(os.path.dirname(path)))
+    if any(len(v) != 1 for v in seen.values()) or len({next(iter(v)) for v in seen.values()}) != len(seen):
+        return default
+    return [next(iter(seen[k])) if k in seen else default[k] for k in range(len(default))]
+
+
 def build_listed(cfg: ImageListConfig, seed: int, data_root: str) -> Task:
     """The task of a named image dataset: the source's train split labelled, the target's train split unlabelled,
     accuracy on the target's test split (the same images for a whole-domain list: the transductive protocol)."""
@@ -412,15 +424,16 @@ def build_listed(cfg: ImageListConfig, seed: int, data_root: str) -> Task:
     cache = cache_options(cfg, data_root)
     names = [str(k) for k in range(manifest.classes)]
     decoded: dict[tuple[str, str], object] = {}
+    domain_splits_seen: dict[str, list[Split]] = {}
     for domain in dict.fromkeys((cfg.source, cfg.target)):
         for split, s in domain_splits(cfg, base, domain).items():
+            domain_splits_seen.setdefault(domain, []).append(s)
             bad = [y for y in s.labels if not 0 <= y < manifest.classes]
             if bad:
                 raise DataError(f"{s.source}: label {bad[0]} outside 0..{manifest.classes - 1}")
             what = f"{cfg.name} {domain} {split}"
             decoded[(domain, split)] = decode_paths(s.paths, s.labels, names, cfg.resize, what, cache)
-    if cfg.name == "office_home":
-        names = sorted(e.name for e in os.scandir(office_home_split(base, cfg.source).source) if e.is_dir())
+    names = class_names(names, [s for d in dict.fromkeys((cfg.source, cfg.target)) for s in domain_splits_seen[d]])
 
     def views(domain: str) -> tuple[LabelledTensors, LabelledTensors, LabelledTensors]:
         train = decoded.get((domain, "train")) or decoded[(domain, "all")]
