@@ -28,7 +28,7 @@ from da.runfolder import atomic_write, write_text
 FIGURES = "figures"
 REPORT = "report.html"
 ECE_BINS = 15  # Guo et al., "On Calibration of Modern Neural Networks", arXiv 1706.04599 (M = 15 bins)
-EMBEDDING_POINTS = 600  # per domain: the PCA and the scatter stay well under a second
+EMBEDDING_POINTS = 500  # per domain: the PCA and the scatter stay well under a second
 SUMMARY_KEYS = ("dataset", "source", "target", "method", "backbone")
 
 
@@ -118,7 +118,7 @@ def read_log(run_dir: str) -> list[dict[str, float]]:
 def write_report(run_dir: str, results: dict[str, Any], preds: TestPredictions, class_names: list[str]) -> str:
     """Write ``<run_dir>/figures/*.png`` and ``<run_dir>/report.html``; return the page's path."""
     plt = _plt()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     folder = os.path.join(run_dir, FIGURES)
     os.makedirs(folder, exist_ok=True)
     rows = read_log(run_dir)
@@ -141,10 +141,10 @@ def write_report(run_dir: str, results: dict[str, Any], preds: TestPredictions, 
         if fig is None:
             continue
         path = os.path.join(folder, f"{name}.png")
-        atomic_write(path, lambda fh, fig=fig: fig.savefig(fh, format="png", dpi=90))
+        atomic_write(path, lambda fh, fig=fig: fig.savefig(fh, format="png", dpi=80))
         plt.close(fig)
         shown.append((f"{FIGURES}/{name}.png", caption))
-    page = _page(results, shown, ece, title, time.perf_counter() - start)
+    page = _page(results, shown, ece, title, (time.perf_counter() - start, time.process_time() - cpu))
     path = os.path.join(run_dir, REPORT)
     write_text(path, page)
     return path
@@ -216,7 +216,9 @@ def _confusion(plt, preds: TestPredictions, pred: np.ndarray, names: list[str], 
     ticks = names if k <= 40 else [""] * k
     ax.set_xticks(range(k), ticks, rotation=90 if k > 12 else 0, fontsize=7)
     ax.set_yticks(range(k), ticks, fontsize=7)
-    ax.set(title=f"{title}: confusion matrix (counts; colour: row %)", xlabel="predicted class", ylabel="true class")
+    ax.set(
+        title=f"{title}:\nconfusion matrix (target test; cells: counts)", xlabel="predicted class", ylabel="true class"
+    )
     fig.tight_layout()
     return fig
 
@@ -320,7 +322,9 @@ def source_acc_name(results: dict[str, Any]) -> str:
     return "source test accuracy"
 
 
-def _page(results: dict[str, Any], figures: list[tuple[str, str]], ece: float, title: str, seconds: float) -> str:
+def _page(
+    results: dict[str, Any], figures: list[tuple[str, str]], ece: float, title: str, seconds: tuple[float, float]
+) -> str:
     e = html.escape
     facts = "\n".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary_rows(results, ece))
     imgs = "\n".join(
@@ -330,14 +334,14 @@ def _page(results: dict[str, Any], figures: list[tuple[str, str]], ece: float, t
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse}}
 th,td{{text-align:left;padding:2px 12px;border-bottom:1px solid #ddd}}img{{max-width:100%}}
-figure{{margin:1.5em 0}}figcaption{{color:#555}}</style></head>
+figure{{display:inline-block;vertical-align:top;margin:1em 1.5em 1em 0}}figcaption{{color:#555}}</style></head>
 <body><h1>{e(title)}</h1>
 <table>{facts}</table>
 <p>Target labels are used on this page for analysis only; the reported weights were chosen as stated above.
 Files: <a href="results.json">results.json</a>, <a href="log.csv">log.csv</a>, <a href="config.yaml">config.yaml</a>.
 </p>
 {imgs}
-<p><small>written by da.report in {seconds:.1f} s</small></p>
+<p><small>written by da.report in {seconds[0]:.1f} s ({seconds[1]:.1f} s of CPU time)</small></p>
 </body></html>
 """
 
