@@ -159,6 +159,7 @@ class LoadedRun:
     method: Method
     _task: Task | None = field(default=None, repr=False)
     _preprocessing: dict[str, Any] | None = field(default=None, repr=False)
+    _tasks: dict | None = field(default=None, repr=False)  # load_run's task cache, shared by the runs of one task
 
     @property
     def model(self) -> ImageClassifier:
@@ -166,15 +167,30 @@ class LoadedRun:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, K) of images prepared as the run's test split prepares them."""
+        """Class logits (B, K) of images ``x`` (B, C, H, W) prepared as the run's test split prepares them
+        (``preprocessing``); image files or PIL images: :meth:`predict_images`."""
+        prep = self._preprocessing
+        if prep is not None and (x.ndim != 4 or x.shape[1] != prep["channels"] or x.shape[-1] != prep["crop"]):
+            want = f"(B, {prep['channels']}, {prep['crop']}, {prep['crop']})"
+            raise ConfigError(
+                f"predict takes prepared images {want}, got {tuple(x.shape)}: use run.predict_images(files) for "
+                "image files (resized and normalised as preprocessing.json says)"
+            )
         device = next(self.method.parameters()).device
         return self.method.predict(x.to(device))
+
+    def predict_images(self, images: list[Any]) -> Any:
+        """Class probabilities (N, K) (numpy) of image files (paths) or PIL images, prepared as the run's test
+        images were; column k is ``class_names[k]``."""
+        from da.inference import predict_files
+
+        return predict_files(self, list(images))
 
     @property
     def task(self) -> Task:
         """The run's task, built on first use (real datasets must be on disk)."""
         if self._task is None:
-            self._task = build_run(self.cfg, pretrained=False).task
+            self._task = build_run(self.cfg, tasks=self._tasks, pretrained=False).task
         return self._task
 
     @property
@@ -198,7 +214,13 @@ def load_run(run_dir: str, device: str = "cpu", tasks: dict | None = None) -> Lo
 
     A run folder with ``preprocessing.json`` (written by every run since it exists) is loaded without its
     dataset: the model is built from config.yaml and that file, and ``LoadedRun.task`` builds the task only when
-    asked. An older folder builds its task (``tasks`` caches built tasks across calls, as :func:`build_run`)."""
+    asked. An older folder builds its task at once. ``tasks`` caches built tasks across calls (as
+    :func:`build_run`): runs of one task share it.
+
+    Args:
+        run_dir: a finished run folder (holding model.pt and results.json).
+        device: where the model goes (``"cpu"``, ``"cuda"``, ...).
+        tasks: a dict shared across calls that caches built tasks."""
     from da.inference import read_preprocessing
 
     results = checkpoint_results(run_dir)
@@ -217,7 +239,7 @@ def load_run(run_dir: str, device: str = "cpu", tasks: dict | None = None) -> Lo
         first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err).splitlines()[0])
         raise ConfigError(f"load_run: {path} does not match the model config.yaml describes ({first[:160]})") from err
     method.to(device).eval()
-    return LoadedRun(run_dir, cfg, results, method, task, prep)
+    return LoadedRun(run_dir, cfg, results, method, task, prep, tasks)
 
 
 def _method_from(cfg: DictConfig, prep: dict[str, Any]) -> Method:

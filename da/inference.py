@@ -9,6 +9,7 @@ writes TorchScript or ONNX and checks that the file gives the run's logits back.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -106,12 +107,13 @@ def image_files(path: str) -> list[str]:
     return sorted(found)
 
 
-def load_image(path: str, prep: dict[str, Any]) -> torch.Tensor:
-    """One image file as the network's input (C, crop, crop), prepared as the run's test split was."""
+def load_image(path: Any, prep: dict[str, Any]) -> torch.Tensor:
+    """One image (a file path or a PIL image) as the network's input (C, crop, crop), prepared as the run's test
+    split was."""
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with contextlib.nullcontext(path) if isinstance(path, Image.Image) else Image.open(path) as img:
             img = img.convert("L" if prep["channels"] == 1 else "RGB")
             img = img.resize((prep["resize"], prep["resize"]), Image.BILINEAR)
             pixels = np.asarray(img, dtype=np.float32)
@@ -128,8 +130,8 @@ def load_image(path: str, prep: dict[str, Any]) -> torch.Tensor:
     return (x / float(prep.get("scale", 255.0)) - mean) / std
 
 
-def predict_files(run: LoadedRun, paths: list[str], batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N, K) of image files under the run's reported weights."""
+def predict_files(run: LoadedRun, paths: list[Any], batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, K) of image files (or PIL images) under the run's reported weights."""
     prep = run.preprocessing
     out = []
     for i in range(0, len(paths), batch_size):

@@ -89,6 +89,12 @@ def test_load_run_needs_no_dataset(run, monkeypatch):
     loaded = da.load_run(folder)
     assert loaded.class_names == [str(d) for d in range(10)]
     assert torch.allclose(loaded.predict(x), logits)
+    with pytest.raises(ConfigError, match=r"prepared images \(B, 1, 28, 28\), got \(2, 3, 64, 64\)"):
+        loaded.predict(torch.zeros(2, 3, 64, 64))  # a raw image: one line saying what predict takes
+    pil = Image.fromarray(np.full((64, 64, 3), 255, dtype=np.uint8))  # any size and mode: predict_images prepares it
+    probs = loaded.predict_images([pil])
+    white = torch.softmax(loaded.predict(torch.ones(1, 1, 28, 28)), 1).numpy()  # 255 -> (1 - 0.5) / 0.5
+    assert probs.shape == (1, 10) and np.abs(probs - white).max() < 1e-5
 
 
 def test_predict_writes_a_csv_of_probabilities(run, tmp_path, capsys):
