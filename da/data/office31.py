@@ -30,7 +30,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from da.data.base import Task
-from da.data.folder import FolderConfig, check_sizes, one_domain_task, two_domain_task
+from da.data.folder import (
+    FolderConfig,
+    cache_options,
+    check_cache,
+    check_sizes,
+    one_domain_task,
+    two_domain_task,
+    unfingerprinted,
+)
 from da.data.images import IMAGE_EXTENSIONS, image_files, subfolders
 from da.errors import ConfigError, DataError, one_line
 from da.runfolder import read_json, write_json
@@ -61,6 +69,10 @@ class Office31Config:
     # fails, one line says what to put where
     url: str | None = "https://drive.google.com/uc?id=0B4IapRTv9pJ1WGZVd1VDMmhwdlE"
     md5: str | None = "1b536d114869a5a8aa4580b89e9758fb"  # as DeepMind's dm_nevis lists it; null skips the check
+    # decoded images cached in <data_root>/.da-cache and shared by runs: auto (sets of 256 MiB or more), true, false
+    cache: str = unfingerprinted("auto")
+    # a cached set larger than this (GiB) stays on disk and batches are read from it; null: half the memory
+    memory_budget_gb: float | None = unfingerprinted(None)
 
     def __post_init__(self) -> None:
         for key in ("source", "target"):
@@ -69,6 +81,7 @@ class Office31Config:
                     f"dataset.{key} for office31 must be one of {', '.join(DOMAINS)}, got {getattr(self, key)!r}"
                 )
         check_sizes(self.resize, self.crop)
+        self.cache = check_cache(self.cache)
 
 
 def domain_dir(base: str, domain: str) -> str | None:
@@ -249,6 +262,8 @@ def ensure_domains(base: str, cfg: Office31Config) -> dict[str, str]:
 def build_office31(cfg: Office31Config, seed: int, data_root: str) -> Task:
     base = os.path.join(data_root, "office31")
     dirs = ensure_domains(base, cfg)
+    cache = cache_options(cfg, data_root)
     if cfg.source == cfg.target:  # train-on-target reference: one domain, fixed stratified split
-        return one_domain_task("office31", cfg.source, dirs[cfg.source], FolderConfig(resize=cfg.resize, crop=cfg.crop))
-    return two_domain_task("office31", cfg.source, cfg.target, dirs, cfg.resize, cfg.crop)
+        folder = FolderConfig(resize=cfg.resize, crop=cfg.crop)
+        return one_domain_task("office31", cfg.source, dirs[cfg.source], folder, cache)
+    return two_domain_task("office31", cfg.source, cfg.target, dirs, cfg.resize, cfg.crop, cache=cache)
