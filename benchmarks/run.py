@@ -218,6 +218,8 @@ def sweep(suite: Suite, out: str, extra: list[str], threads: int = 1) -> int:
                 f"method={','.join(methods)}",
                 f"seed={','.join(map(str, seeds))}",
                 "trainer.progress_bar=false",
+                "trainer.report=false",  # committed results stay small; `da report <run>` writes one (-- overrides win)
+                "hydra.callbacks={}",  # no per-multirun summary in <out>/runs: the suite's tables are the summary
                 *suite.overrides,
                 *own,
                 *extra,

@@ -433,7 +433,8 @@ def _cli() -> None:
             fail(str(err))
         if NO_RECORD not in args:
             args = [*args, NO_RECORD]  # da writes the record (record_listener) once the run has begun
-        if any(a in ("-m", "--multirun") for a in args) and not any(a.startswith(SWEEP_SUMMARY) for a in args):
+        callbacks = any(a.lstrip("+~").startswith("hydra.callbacks") for a in args)  # the user's own say
+        if any(a in ("-m", "--multirun") for a in args) and not callbacks:
             args = [*args, f"{SWEEP_SUMMARY}=da.report.SweepSummary"]  # a summary table + chart when the sweep ends
     sys.argv[1:] = args
     record = subdir if NO_RECORD in args and os.environ.get("RANK", "0") == "0" else None
