@@ -50,7 +50,7 @@ import torch
 
 from da import predictions
 from da.errors import ConfigError
-from da.validators import VALIDATORS, ValidationData, domain_weights, score_all
+from da.validators import VALIDATORS, ValidationData, domain_weights, score_all, subsample_index
 
 LABEL_FREE_KEYS = (
     "method",
@@ -344,6 +344,10 @@ def mixval_ice(
             tasks[key] = target_images(run.task)
         x = tasks[key]  # (N, C, H, W) under the evaluation transform
         pl = c.data.logits_t.argmax(1).numpy()
+        if len(x) > len(pl):  # the run saved the validators' fixed subsample (trainer.validator_samples)
+            x = x[subsample_index(len(x), len(pl))]
+        elif len(x) < len(pl):
+            raise ConfigError(f"da select: {c.run_dir}: predictions.npz has more target rows than its task")
         a, b = mix_pairs(len(x), seed=seed)
         preds = []
         for i in range(0, len(a), 256):
@@ -355,7 +359,8 @@ def mixval_ice(
 
 
 def target_images(task) -> torch.Tensor:
-    """The unlabelled target training images under the evaluation transform, in the order of the predictions."""
+    """The unlabelled target training images under the evaluation transform, in the order of the predictions
+    (which hold the fixed subsample :func:`da.validators.subsample_index` draws when the split is larger)."""
     split = task.target_train_eval
     return torch.stack([split[i][0] for i in range(len(split))])
 
