@@ -81,7 +81,7 @@ def test_sweep_skips_finished_jobs_and_resumes(tmp_path):
     before = os.path.getmtime(out / "runs" / "fonts_to_sklearn" / "dann" / "seed0" / "results.json")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "1 jobs done, 1 to run" in proc.stdout
+    assert "1 jobs done (their results are reused; rerun=true runs them again), 1 to run" in proc.stdout
     assert os.path.getmtime(out / "runs" / "fonts_to_sklearn" / "dann" / "seed0" / "results.json") == before
     assert (out / "runs" / "fonts_to_sklearn" / "source_only" / "seed0" / "results.json").is_file()
 
