@@ -255,7 +255,7 @@ def summary(results: dict[str, Any], run_dir: str) -> str:
     return (
         f"{r['method']} on {task} ({r['backbone']}, seed {r['seed']}, {r['steps']} steps, "
         f"{r['train_seconds']:.0f}s), reported weights: {chosen}: {source_acc_name(r)} {_pct(r['source_acc'])}, "
-        f"target test acc {_pct(r['target_acc'])}{_baseline_note(r, run_dir)}\nrun folder: {run_dir}"
+        f"target acc {_pct(r['target_acc'])} (target test split){_baseline_note(r, run_dir)}\nrun folder: {run_dir}"
         + (f"\nreport: {report}" if os.path.isfile(report) else "")
     )
 
