@@ -250,11 +250,11 @@ def summary(results: dict[str, Any], run_dir: str) -> str:
         task = f"{r['dataset']} {r['source']}->{r['target']}"
     sel = r.get("selection") or {}
     rule = sel.get("rule", "last")
-    chosen = f"epoch {sel.get('epoch', r['epochs'])}/{r['epochs']}" + ("" if rule == "last" else f" by {rule}")
+    chosen = f"epoch {sel.get('epoch', r.get('epochs'))}/{r.get('epochs')}" + ("" if rule == "last" else f" by {rule}")
     report = os.path.join(run_dir, "report.html")
     return (
-        f"{r['method']} on {task} ({r['backbone']}, seed {r['seed']}, {r['steps']} steps, "
-        f"{r['train_seconds']:.0f}s), reported weights: {chosen}: {source_acc_name(r)} {_pct(r['source_acc'])}, "
+        f"{r['method']} on {task} ({r['backbone']}, seed {r['seed']}, {r.get('steps', '?')} steps, "
+        f"{r.get('train_seconds', 0):.0f}s), reported weights: {chosen}: {source_acc_name(r)} {_pct(r['source_acc'])}, "
         f"target acc {_pct(r['target_acc'])} (target test split){_baseline_note(r, run_dir)}\nrun folder: {run_dir}"
         + (f"\nreport: {report}" if os.path.isfile(report) else "")
     )
