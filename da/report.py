@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 import os
@@ -408,10 +409,11 @@ def write_summary(folder: str) -> tuple[str, list[dict[str, Any]]]:
     table = summary_markdown(rows)
     write_text(os.path.join(folder, "summary.md"), table)
     if rows:
-        with open(os.path.join(folder, "summary.csv"), "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(os.path.join(folder, "summary.csv"), buf.getvalue())
         plt = _plt()
         labels = [f"{r['method']}\n{r['source']}→{r['target']}" for r in rows]
         fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows) + 2), 4))
@@ -420,7 +422,7 @@ def write_summary(folder: str) -> tuple[str, list[dict[str, Any]]]:
         ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=45 if len(rows) > 8 else 0)
         ax.set(title=f"Target test accuracy, {len(find_runs(folder))} runs (± std over seeds)", ylabel="accuracy (%)")
         fig.tight_layout()
-        fig.savefig(os.path.join(folder, "summary.png"), dpi=90)
+        atomic_write(os.path.join(folder, "summary.png"), lambda fh: fig.savefig(fh, format="png", dpi=90))
         plt.close(fig)
     return table, rows
 
