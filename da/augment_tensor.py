@@ -21,8 +21,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
-from torchvision.transforms.v2 import functional as TF
 
 _GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
@@ -134,6 +132,8 @@ def resized_crop(u: torch.Tensor, size: int) -> torch.Tensor:
     top, left, bh, bw = resized_crop_boxes(b, h, w, u).to(u.dtype).unbind(1)
     index = torch.arange(b, device=u.device, dtype=u.dtype)
     boxes = torch.stack([index, left, top, left + bw, top + bh], 1)  # (B, 5): image, x1, y1, x2, y2 (pixel edges)
+    from torchvision.ops import roi_align  # torchvision on first use: importing it costs ~2 s of start-up
+
     return roi_align(u, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
@@ -234,11 +234,15 @@ def solarize(u: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
 
 def autocontrast(u: torch.Tensor) -> torch.Tensor:
     """Stretch each image and channel to [0, 1] (torchvision's)."""
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.autocontrast(u)
 
 
 def equalize(u: torch.Tensor) -> torch.Tensor:
     """Histogram-equalise each image and channel on 256 levels (torchvision's, PIL's look-up table)."""
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.equalize(u)
 
 

@@ -57,26 +57,28 @@ class Results:
 
 
 def versions() -> dict[str, str]:
+    """The versions of the run's libraries, read from their installed metadata (importing torchvision or
+    scikit-learn only to read a version would cost seconds of start-up)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import hydra
     import numpy
-    import sklearn
     import torch
-    import torchvision
 
     out = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
         "numpy": numpy.__version__,
-        "scikit-learn": sklearn.__version__,
         "hydra": hydra.__version__,
     }
+    for key, dist in (("torchvision", "torchvision"), ("scikit-learn", "scikit-learn"), ("da", "da")):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:  # metadata is absent when running from an uninstalled checkout
+            pass
     try:
-        from importlib.metadata import version
-
-        out["da"] = version("da")
         out["pytorch-adapt"] = version("pytorch-adapt")
-    except Exception:  # metadata is absent when running from an uninstalled checkout
+    except PackageNotFoundError:
         pass
     return out
 

@@ -48,7 +48,6 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
-from torchvision.transforms import v2 as T
 
 from da import augment_tensor as AT
 from da.errors import ConfigError
@@ -92,6 +91,8 @@ class Augment:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)  # (C, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)  # (C, 1, 1)
         self.ops: list[tuple[Callable[[torch.Tensor], torch.Tensor], bool]] = []  # (op, needs uint8)
+        from torchvision.transforms import v2 as T  # on first use: importing torchvision costs ~2 s of start-up
+
         for name in names:
             if name == "flip":
                 if glyphs:
@@ -130,6 +131,8 @@ class _ColorJitter:
     """Colour jitter that leaves out saturation and hue on grey (1-channel) images."""
 
     def __init__(self, brightness: float, contrast: float, saturation: float = 0.0, hue: float = 0.0) -> None:
+        from torchvision.transforms import v2 as T
+
         self.grey = T.ColorJitter(brightness, contrast)
         self.rgb = T.ColorJitter(brightness, contrast, saturation, hue)
 
