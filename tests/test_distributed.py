@@ -136,7 +136,8 @@ def test_torchrun_writes_one_run_folder_and_resumes_after_a_kill(tmp_path):
     rows = (run_dir / "log.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 12 and [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 13))
     assert sorted(os.listdir(run_dir)) == sorted(
-        [".hydra", ".lock", "checkpoint.pt", "config.yaml", "log.csv", "model.pt", "results.json", "run.log"]
+        [".hydra", ".lock", "checkpoint.pt", "config.yaml", "log.csv", "model.pt", "predictions.npz"]
+        + ["preprocessing.json", "results.json", "run.log"]
     )
     # the reported accuracy is model.pt's: every rank evaluates with rank 0's BatchNorm statistics (issue 26)
     from da.build import load_run
