@@ -8,13 +8,15 @@
 
 A table block in a Markdown file is ``<!-- table:KEY -->`` ... ``<!-- /table -->``; KEY names
 ``benchmarks/results/<KEY>/tables/<KEY>.md`` (a suite's, the selection's, the hard shift's, cross-run choices'), or,
-when KEY holds a ``/``, ``benchmarks/results/<KEY>.md`` (``tta/tta``). Everything between the markers is generated:
+when KEY holds a ``/``, ``benchmarks/results/<KEY>.md`` (``tta/tta``; a ``*`` in it joins every match, in name
+order: ``crossrun/tables/*``). Everything between the markers is generated:
 edit the results, never the block.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -147,6 +149,11 @@ def suite_tables(results_root: str = RESULTS) -> dict[str, str]:
 
 def table_text(key: str, generated: dict[str, str], results_root: str = RESULTS) -> str:
     """The Markdown of table KEY: freshly generated when it is a suite's, else the committed file."""
+    if "*" in key:  # every matching table, in name order (e.g. crossrun/tables/*)
+        paths = sorted(glob.glob(os.path.join(results_root, f"{key}.md")))
+        if not paths:
+            return f"*Table not generated yet: run `{producer(key)}`.*\n"
+        return "\n".join(table_text(os.path.relpath(p, results_root)[:-3], generated, results_root) for p in paths)
     path = (
         os.path.join(results_root, f"{key}.md")
         if "/" in key
