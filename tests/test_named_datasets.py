@@ -137,8 +137,7 @@ def _mnist_m_archive(root):
     os.makedirs(root / "mnist_m", exist_ok=True)
     path = root / "mnist_m" / "mnist_m.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
-        for entry in os.listdir(src / "mnist_m"):
-            tar.add(src / "mnist_m" / entry, arcname=entry)
+        tar.add(src / "mnist_m", arcname="mnist_m")  # as the published archive: one top folder
     return path
 
 

@@ -254,7 +254,10 @@ def extract(archive: str, base: str) -> None:
         else:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(tmp)  # noqa: S202
-        _merge(tmp, base)
+        entries = os.listdir(tmp)
+        top = os.path.join(tmp, entries[0]) if len(entries) == 1 else None
+        nested = top is not None and os.path.isdir(top) and entries[0] == os.path.basename(os.path.normpath(base))
+        _merge(top if nested else tmp, base)  # an archive of "<dataset folder>/..." lands in that folder, not below
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as err:
         raise DataError(f"cannot extract {archive} ({one_line(err)}): delete it and download it again") from err
     finally:
