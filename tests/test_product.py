@@ -218,3 +218,23 @@ def test_readme_quickstart_commands_parse(monkeypatch):
             args = cli.parser().parse_args(argv)
             assert callable(args.handler), line
     assert os.path.isdir(os.path.join(repo, "docs", "examples", "digits"))  # what `da predict` reads there
+
+
+def test_folder_preprocessing_is_the_runs_test_transform(tiny_folder):
+    """For a decoded image folder, an image file read as preprocessing.json says (resize, centre crop, ImageNet
+    statistics) is the very tensor the run's target test split evaluated."""
+    from da.build import build_run
+    from da.config import compose
+    from da.data.images import scan_classes
+    from da.inference import describe, load_image
+
+    root = next(o.split("=", 1)[1] for o in tiny_folder if o.startswith("dataset.root="))
+    cfg = compose(["method=source_only", *tiny_folder, "dataset.resize=32", "dataset.crop=24", "device=cpu"])
+    task = build_run(cfg, pretrained=False).task
+    prep = describe(task, "folder")
+    assert (prep["channels"], prep["resize"], prep["crop"]) == (3, 32, 24) and prep["class_names"] == task.class_names
+    files = scan_classes(os.path.join(root, "tgt"), "tgt")
+    paths = [p for c in task.class_names for p in files[c]]  # da.data.images.decode_folder's order
+    for i in (0, 17, len(paths) - 1):
+        x, _ = task.target_test[i]  # (3, 24, 24) under the evaluation transform
+        assert torch.allclose(load_image(paths[i], prep), x, atol=1e-5)
