@@ -79,7 +79,7 @@ class TrainerConfig:
     # warn (and record results.json "collapse") when the target's predicted-class entropy falls below this x its peak
     collapse_fraction: float = unfingerprinted(0.85)
     tensorboard: bool = unfingerprinted(False)  # also write <run>/tensorboard (pip install 'da[tensorboard]')
-    # predictions.npz of the reported weights (label-free: target-train logits + features, source-val): all; logits; none
+    # predictions.npz of the reported weights (label-free target-train and source-val predictions): all; logits; none
     save_predictions: str = unfingerprinted("all")
     report: bool = unfingerprinted(True)  # report.html + its figures in the run folder at the end (da/report.py)
 

@@ -36,7 +36,8 @@ def set_deterministic(on: bool) -> None:
     """Deterministic kernels (``trainer.deterministic``): torch raises on an op that has no deterministic version."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS for determinism
-    torch.use_deterministic_algorithms(on)
+    if on or torch.are_deterministic_algorithms_enabled():  # the call imports torch._inductor (~2 s): only on change
+        torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = not on  # autotuned convolutions when exact reruns are not asked for
 

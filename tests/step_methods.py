@@ -34,6 +34,7 @@ TINY = [
     "trainer.batch_size=16",
     "trainer.progress_bar=false",
     "device=cpu",
+    "trainer.report=false",
 ]
 BASES = {"test_sam": "dann", "test_mcd": "source_only", "test_ema": "dann"}
 
