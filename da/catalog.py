@@ -29,7 +29,7 @@ def _first_line(text: str | None, limit: int = 110) -> str:
         if not line.strip():
             break
         para.append(line.strip())
-    joined = " ".join(para)
+    joined = " ".join(para).replace("``", "")  # reST literals read as plain words on a terminal
     end = re.search(r"(?<! al)(?<! e\.g)(?<! i\.e)\. ", joined)
     sentence = joined[: end.start() + 1] if end else joined
     return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
