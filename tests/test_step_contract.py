@@ -49,11 +49,33 @@ def _resume_equals_uninterrupted(tmp_path, *overrides: str) -> dict:
     return json.loads((tmp_path / "killed" / "results.json").read_text())
 
 
-@pytest.mark.parametrize("name", OWN_STEP)
-def test_an_own_step_method_trains_in_bf16_and_resumes_after_kill_9(tmp_path, tiny_folder, name):
-    results = _resume_equals_uninterrupted(tmp_path, *tiny_folder, f"method={name}", "trainer.epochs=3")
-    assert results["precision"] == "bfloat16" and results["method"] == name and results["steps"] == 12
-    assert 0 <= results["target_acc"] <= 1
+def _start(run_dir, kill: int | None, *overrides: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "tests.step_methods", str(run_dir), str(kill or "-"), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "DA_TEST_BF16": "1"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_own_step_methods_train_in_bf16_and_resume_after_kill_9(tmp_path, tiny_folder):
+    """The uninterrupted runs of the three methods share one process; each is killed in its own process (a kill
+    ends the process), the three side by side; one process resumes them all."""
+    common = (*tiny_folder, "trainer.epochs=3")
+    procs = [_start(tmp_path / "whole", None, *common, f"methods={','.join(OWN_STEP)}")]
+    procs += [_start(tmp_path / "killed" / name, 1, *common, f"method={name}") for name in OWN_STEP]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    (whole, *killed) = [(p.returncode, out) for p, out in zip(procs, outs, strict=True)]
+    assert whole[0] == 0, whole[1][-3000:]
+    for name, (rc, out) in zip(OWN_STEP, killed, strict=True):
+        assert rc == -9 and not (tmp_path / "killed" / name / "results.json").exists(), (name, out[-2000:])
+    resumed = _driver(tmp_path / "killed", None, *common, f"methods={','.join(OWN_STEP)}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for name in OWN_STEP:
+        a, b = tmp_path / "killed" / name, tmp_path / "whole" / name
+        assert "resumed from" in (a / "run.log").read_text(), name
+        assert _log(a) == _log(b), name
+        assert _same_weights(a, b), name
+        results = json.loads((a / "results.json").read_text())
+        assert results["precision"] == "bfloat16" and results["method"] == name and results["steps"] == 12
+        assert 0 <= results["target_acc"] <= 1
 
 
 def test_flexmatch_counts_resume_exactly(tmp_path):
