@@ -239,16 +239,17 @@ def _log(run_dir) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(fh)]
 
 
-def test_new_methods_resume_after_kill_9_to_the_uninterrupted_run(tmp_path):
+def test_new_methods_resume_after_kill_9_to_the_uninterrupted_run(tmp_path, tiny_folder):
     labels = list(RUNS)
+    common = (*tiny_folder, "trainer.epochs=2")  # the 48-image folder task: evaluation costs nothing
     # the uninterrupted runs (one process) and one killed process per method, side by side
-    procs = [_driver(tmp_path / "whole", None, labels, "trainer.epochs=2")]
-    procs += [_driver(tmp_path / "killed", 1, [label], "trainer.epochs=2") for label in labels]
+    procs = [_driver(tmp_path / "whole", None, labels, *common)]
+    procs += [_driver(tmp_path / "killed", 1, [label], *common) for label in labels]
     (rc, out), *killed = [_finish(p) for p in procs]
     assert rc == 0, out[-3000:]
     for label, (rc_k, out_k) in zip(labels, killed, strict=True):
         assert rc_k == -9 and not (tmp_path / "killed" / label / "results.json").exists(), (label, out_k[-2000:])
-    rc, out = _finish(_driver(tmp_path / "killed", None, labels, "trainer.epochs=2"))
+    rc, out = _finish(_driver(tmp_path / "killed", None, labels, *common))
     assert rc == 0, out[-3000:]
     for label in labels:
         whole, resumed = tmp_path / "whole" / label, tmp_path / "killed" / label
