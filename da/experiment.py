@@ -81,7 +81,8 @@ def fit(
     Args:
         cfg: the experiment: a composed config (``da.compose([...])``, Hydra's in the CLI), a list of overrides
             as on the command line (``["method=dann", "trainer.epochs=2"]``), a dict of them
-            (``{"method": "dann", "trainer.epochs": 2}``) or None (the defaults: DANN on the digits task).
+            (``{"method": "dann", "trainer.epochs": 2}``; nested dicts are dotted) or None (the defaults: DANN on
+            the digits task).
         run_dir: the run folder; None: ``outputs/<dataset>/<source>_to_<target>/<method>/seed<s>_<time>``. A folder
             holding a checkpoint of the same config resumes from it; one of another config is refused (naming the
             keys that differ) and left untouched.
@@ -164,7 +165,7 @@ def as_config(cfg: DictConfig | list[str] | dict[str, Any] | None) -> DictConfig
     if isinstance(cfg, str):
         raise ConfigError(f"fit: pass a list of overrides, e.g. da.fit([{cfg!r}]), not a string")
     if isinstance(cfg, dict):
-        cfg = [f"{k}={_override_value(v)}" for k, v in cfg.items()]
+        cfg = [f"{k}={_override_value(v)}" for k, v in _dotted(cfg).items()]
     if isinstance(cfg, list | tuple) and all(isinstance(a, str) for a in cfg):
         from da.config import group_options
 
@@ -174,6 +175,17 @@ def as_config(cfg: DictConfig | list[str] | dict[str, Any] | None) -> DictConfig
                 raise ConfigError(f"unknown {key} {value!r}; valid {key}s: {', '.join(group_options(key))}")
         return compose(list(cfg))
     raise ConfigError(f"fit: cfg must be a composed config, a list of overrides or a dict, got {type(cfg).__name__}")
+
+
+def _dotted(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"trainer": {"epochs": 2}}`` -> ``{"trainer.epochs": 2}`` (a group's choice stays a plain string)."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(_dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _override_value(v: Any) -> str:

@@ -159,6 +159,7 @@ def test_fit_arguments_and_public_names():
     assert as_config({"method": "dann", "trainer.epochs": 2, "trainer.steps_per_epoch": None}) == compose(
         ["method=dann", "trainer.epochs=2", "trainer.steps_per_epoch=null"]
     )
+    assert as_config({"trainer": {"epochs": 2}}) == compose(["trainer.epochs=2"])
     with pytest.raises(ConfigError, match="list of overrides"):
         da.fit("method=dann")
     with pytest.raises(ConfigError, match="unknown method"):
