@@ -311,8 +311,11 @@ def _iwv(cands: list[Candidate]) -> np.ndarray:
     out = np.full(len(cands), np.nan)
     if not ok:
         return out
+    groups: dict[bytes, list[int]] = {}  # runs with the same source-validation samples (labels, in order)
+    for i in ok:
+        groups.setdefault(cands[i].data.labels_s.numpy().tobytes(), []).append(i)
+    ok = max(groups.values(), key=len)  # the largest group; the others' risks are not comparable with it
     labels = cands[ok[0]].data.labels_s
-    ok = [i for i in ok if torch.equal(cands[i].data.labels_s, labels)]  # the same source-validation samples
     weights = np.stack([domain_weights(cands[i].data.features_s, cands[i].data.features_t) for i in ok])
     w = shared_weights(weights)
     losses = np.stack([_cross_entropy(cands[i].data.logits_s.numpy(), labels.numpy()) for i in ok])
