@@ -119,6 +119,15 @@ def test_source_rules_skip_source_free_runs():
     assert np.isfinite(crossrun.score("ensv", cands)).all()
 
 
+def test_iwv_scores_the_runs_sharing_source_samples():
+    cands = _pool(np.random.default_rng(4))
+    d = cands[3].data
+    cands[3].data = ValidationData(d.logits_t, d.features_t, d.logits_s, d.features_s, d.labels_s.flip(0))
+    scores = crossrun.score("iwv", cands)
+    assert np.isnan(scores[3]) and np.isfinite(scores[:3]).all()  # another seed's split: not comparable
+    assert scores[2] > scores[1]  # run 2 fits the (shared) source samples better
+
+
 def test_pool_of_two_tasks_is_one_line():
     cands = _pool(np.random.default_rng(2))
     cands[1].info["target"] = "c"
