@@ -22,6 +22,7 @@ __all__ = [
     "list_methods",
     "list_validators",
     "load_run",
+    "select",
 ]
 __version__ = "0.1.0"
 
@@ -33,12 +34,14 @@ _LAZY = {
     "list_datasets": "da.catalog",
     "list_backbones": "da.catalog",
     "list_validators": "da.catalog",
+    "select": "da.crossrun",
 }
 
 if TYPE_CHECKING:
     from da.build import load_run
     from da.catalog import list_backbones, list_datasets, list_methods, list_validators
     from da.config import compose
+    from da.crossrun import select
     from da.experiment import fit
 
 

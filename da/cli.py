@@ -218,7 +218,11 @@ def parser(groups: bool = False) -> Parser:
     s.add_argument("-o", "--output", help="the file to write (default: inside the run folder)")
     for name, text in (
         ("select", "Choose among finished runs without target labels (a cross-run rule); see da select --help."),
-        ("portfolio", "Combine finished runs' label-free predictions; see da portfolio --help."),
+        (
+            "portfolio",
+            "Train a set of methods and settings on one task and choose one without target labels "
+            "(see da portfolio --help).",
+        ),
     ):
         s = sub.add_parser(name, help=text, description=text, add_help=False)
         s.set_defaults(handler=_crossrun(name))
