@@ -31,9 +31,10 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# Two pytest workers (CI has 2 cores), one thread each: most of the time is subprocesses and small runs.
+# Two pytest workers (CI has 2 cores), one thread each: most of the time is subprocesses and small runs; an idle
+# worker takes pending tests from the other (worksteal), so one long test at the end does not leave a core idle.
 test: lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal
 
 paper: install
 	$(PY) paper/build.py

@@ -118,7 +118,6 @@ def test_06_unreadable_checkpoint_is_one_clear_line(tmp_path, content):
 
 # ------------------------------------------------------------------ bad values and paths
 def test_07_bad_values_and_files_are_one_line(tmp_path):
-    assert "trainer.momentum" in _one_line_error(run_cli("trainer.momentum=-5", cwd=str(tmp_path)))
     junk = tmp_path / "junk.pt"
     junk.write_text("not a torch file")
     line = _one_line_error(run_cli(*TINY, f"backbone.checkpoint={junk}", cwd=str(tmp_path)))
