@@ -124,9 +124,9 @@ def fit(
         )
         del resume_state
         trainer.fit()
-        record, tgt, src = _results(cfg, parts, trainer, resolved, init_path)  # every rank: gathers predictions
+        # every rank: gathers predictions; data = the reported weights' label-free predictions the validators scored
+        record, tgt, src, data = _results(cfg, parts, trainer, resolved, init_path)
         results = record.to_dict()
-        data = trainer.evaluator.validation_data()  # the reported weights' (cached: the forward ran for results)
         if main:
             checkpoint.save(method.model.state_dict(), os.path.join(run_dir, checkpoint.MODEL))  # reported weights
             if task.skipped:  # every unreadable file, with its reason (results.json holds the count)
@@ -210,10 +210,12 @@ def _test_predictions(tgt, src) -> TestPredictions:
 
 
 def _results(cfg: DictConfig, parts, trainer: Trainer, resolved: dict, init_path: str | None):
-    """results.json's record, and the target (and source) test predictions it was computed from."""
+    """results.json's record, and what it was computed from: the target (and source) test predictions and the
+    label-free validation data (predictions.npz saves the latter)."""
     method, task, ev, rt = parts.method, parts.task, trainer.evaluator, trainer.runtime
     tgt = ev.predict(task.target_test)  # under the training's precision, as the per-epoch curves
     src = ev.predict(task.source_test) if method.uses_source else None
+    data = ev.validation_data()  # one forward of the source validation split (the target's is cached)
     read = ("target_train", "target_test", "val") + (
         ("source_train", "source_val", "source_test") if method.uses_source else ()
     )
@@ -233,7 +235,7 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, resolved: dict, init_path
         images_per_second=round(trainer.images_seen / max(trainer.train_seconds, 1e-9), 1),
         precision=rt.precision,
         selection=trainer.selection,
-        validators=score_all(ev.validation_data()),  # label-free scores of the reported weights
+        validators=score_all(data),  # label-free scores of the reported weights
         validator_best_epoch=best_epochs(trainer.history),
         selected=selected_epochs(trainer.history, list(VALIDATORS)),  # analysis only
         oracle=oracle(trainer.history),  # analysis only (target labels); chooses nothing
@@ -248,7 +250,7 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, resolved: dict, init_path
         git_commit=git_commit(),
         config=resolved,
     )
-    return record, tgt, src
+    return record, tgt, src, data
 
 
 def summary(results: dict[str, Any], run_dir: str) -> str:
