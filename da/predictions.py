@@ -9,7 +9,6 @@ validation split with its labels. Target labels are never written here. Arrays a
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
@@ -35,13 +34,7 @@ def save(run_dir: str, data: ValidationData, keep: str = "all") -> str | None:
         if keep == "all" and data.features_s is not None:
             arrays["features_s"] = _half(data.features_s)
     path = os.path.join(run_dir, FILE)
-
-    def write(fh) -> None:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        fh.write(buf.getvalue())
-
-    atomic_write(path, write)
+    atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
     return path
 
 
