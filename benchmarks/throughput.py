@@ -1,9 +1,10 @@
 """Training throughput: ``python -m benchmarks.throughput [baseline=<checkout>] [key=value ...]``.
 
 For each model and method it runs ``da.fit`` as ``python -m da.run`` does (``init=scratch``: no source stage),
-with a listener (:class:`da.callbacks.Callback`) that times one warm-up epoch and then ``repeats`` training
-epochs (images/s) and their end-of-epoch evaluation + validator passes (seconds, and as a fraction of the
-epoch's training time, and split into its forward passes and its validators; medians over the timed epochs),
+with a listener (:class:`da.callbacks.Callback`) that times one warm-up evaluated epoch and then ``repeats``
+evaluated training epochs (images/s) and their end-of-epoch evaluation + validator passes (seconds, divided by
+``trainer.eval_every`` — an evaluation serves that many epochs — and as a fraction of the epoch's training time,
+split into its forward passes and its validators; medians over the timed epochs),
 and reports the process's peak memory (CPU RSS, or ``torch.cuda.max_memory_allocated``) and the bytes of the
 image tensors. The yardstick is
 the same model trained by a plain PyTorch loop written below (in-memory tensors, a ``DataLoader``, SGD; the
@@ -238,10 +239,12 @@ def worker(spec: dict) -> dict:
         f"device={spec['device']}",
         "trainer.progress_bar=false",
         f"trainer.batch_size={bs}",
-        f"trainer.epochs={1 + repeats}",  # a warm-up epoch, then the timed ones
         "init=scratch",  # no source stage: only the method's own epochs are timed
         *spec["overrides"],
     ]
+    # a warm-up evaluation, then the timed ones: trainer.eval_every=k evaluates every k-th epoch
+    every = getattr(da.compose(overrides).trainer, "eval_every", 1)  # a baseline may predate it
+    overrides.append(f"trainer.epochs={every * (1 + repeats)}")
     if spec["steps"]:
         overrides.append(f"trainer.steps_per_epoch={spec['steps']}")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -263,11 +266,11 @@ def worker(spec: dict) -> dict:
         def on_epoch_end(self, trainer, row) -> None:
             seconds = trainer.evaluator.seconds  # the evaluation that just ran: forwards, validators
             forwards, validators = seconds["forwards"], seconds["validators"]
-            # trainer.eval_every = k: an evaluation's cost is spread over the k epochs it serves
-            k = 1 if "target_acc" in row else None  # an epoch without evaluation adds its training only
-            k = getattr(trainer.cfg, "eval_every", 1) if k else None
-            if k is None:
+            # trainer.eval_every = k: an evaluation's cost is spread over the k epochs it serves; an epoch without
+            # one is not timed (its training costs the same as the evaluated epoch's)
+            if "target_acc" not in row:
                 return
+            k = getattr(trainer.cfg, "eval_every", 1)
             self.times.append((self.train, (forwards + validators) / k, forwards / k, validators / k))
             self.steps, self.precision = trainer.steps_per_epoch, trainer.runtime.precision
             self.task = trainer.task

@@ -168,13 +168,21 @@ def _curves(plt, rows: list[dict[str, float]], chosen: int | None, title: str):
     for k in losses:
         axes[0].plot(epochs, [r[k] for r in rows], marker=".", label=k)
     axes[0].set(title="Training losses", xlabel="epoch", ylabel="loss (epoch mean)")
+
+    def evaluated(key: str) -> tuple[np.ndarray, np.ndarray]:
+        """The epochs that have ``key`` (trainer.eval_every > 1 leaves the others empty) and its values there."""
+        v = np.asarray([r[key] for r in rows], dtype=np.float64)
+        keep = np.isfinite(v)
+        return np.asarray(epochs)[keep], v[keep]
+
     for k in accs:
-        axes[1].plot(epochs, [100 * r[k] for r in rows], marker=".", label=k.replace("_", " "))
+        x, v = evaluated(k)
+        axes[1].plot(x, 100 * v, marker=".", label=k.replace("_", " "))
     axes[1].set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
     for k in scores:  # each validator on its own scale: min-max over the epochs
-        v = np.asarray([r[k] for r in rows], dtype=np.float64)
-        span = np.nanmax(v) - np.nanmin(v) if np.isfinite(v).any() else 0.0
-        axes[2].plot(epochs, (v - np.nanmin(v)) / span if span > 0 else np.zeros_like(v), label=k[: -len("_score")])
+        x, v = evaluated(k)
+        span = v.max() - v.min() if len(v) else 0.0
+        axes[2].plot(x, (v - v.min()) / span if span > 0 else np.zeros_like(v), label=k[: -len("_score")])
     axes[2].set(title="Label-free validators (each scaled to [0, 1])", xlabel="epoch", ylabel="score (scaled)")
     for ax in axes:
         _mark(ax, chosen)

@@ -24,8 +24,9 @@ def _log(run_dir) -> list[dict[str, float]]:
 
 
 def test_selection_reports_the_validator_chosen_epoch(tmp_path):
-    result = fit(tiny_cfg("method=dann", "trainer.epochs=4", "selection=snd"), run_dir=str(tmp_path), quiet=True)
-    rows = _log(tmp_path)
+    result = fit(tiny_cfg("method=dann", "trainer.epochs=5", "selection=snd"), run_dir=str(tmp_path), quiet=True)
+    rows = [r for r in _log(tmp_path) if "target_acc" in r]  # trainer.eval_every=2: epochs 2, 4 and 5 (the last)
+    assert [int(r["epoch"]) for r in rows] == [2, 4, 5]
     best = max(rows, key=lambda r: (r["snd_score"], r["epoch"]))
     assert result["selection"] == {"rule": "snd", "epoch": int(best["epoch"]), "score": best["snd_score"]}
     assert result["target_acc"] == pytest.approx(best["target_acc"], abs=1e-7)  # that epoch's weights are reported

@@ -107,7 +107,8 @@ def test_run_reports_validators_per_epoch_and_at_the_end(tmp_path, capsys):
     assert results["selection"]["rule"] == "last"
     with open(tmp_path / "log.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 and all(row["im_score"] and row["snd_score"] for row in rows)
+    # trainer.eval_every=2 (the default): epoch 1 is trained, not evaluated; epoch 2 (the last) is
+    assert len(rows) == 2 and [bool(row["im_score"] and row["snd_score"]) for row in rows] == [False, True]
     assert float(rows[-1]["im_score"]) == pytest.approx(results["validators"]["im"], abs=1e-6)  # the last epoch
     assert set(results["validator_best_epoch"]) == set(validators.VALIDATORS)
 
@@ -237,7 +238,7 @@ def test_subsample_is_fixed_and_whole_below_the_cap():
 
 
 def test_eval_every_and_validator_cap_change_no_training(tmp_path):
-    cfg = tiny_cfg("method=dann", "trainer.epochs=3")
+    cfg = tiny_cfg("method=dann", "trainer.epochs=3", "trainer.eval_every=1")
     every = fit(cfg, run_dir=str(tmp_path / "a"), quiet=True)
     sparse = tiny_cfg("method=dann", "trainer.epochs=3", "trainer.eval_every=2", "trainer.validator_samples=20")
     capped = fit(sparse, run_dir=str(tmp_path / "b"), quiet=True)
