@@ -195,7 +195,7 @@ def analyse(suite: SelectionSuite, out: str, every: int = 1) -> dict[str, dict]:
                 s, a = np.array([t[0] for t in scored]), np.array([t[2] for t in scored])
                 out_m["validators"][v]["wsp"].append(weighted_spearman(s, a))
         out_m["seeds"] = sorted(per_seed)
-        out_m["checkpoints"] = int(np.mean([len(r) for r in per_seed.values()]))
+        out_m["checkpoints"] = int(np.mean([sum("target_acc" in r for _, r in rows) for rows in per_seed.values()]))
         result[method] = out_m
     return result
 
