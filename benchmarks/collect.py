@@ -88,6 +88,9 @@ def task_label(key: str) -> str:
 
 
 def reported(r: dict) -> float | None:
+    """The reported weights' target accuracy in the dataset's headline metric (VisDA-2017: mean per-class)."""
+    if r.get("metric") == "mean_class_accuracy" and r.get("mean_class_acc") is not None:
+        return r["mean_class_acc"]
     return r["target_acc"]
 
 

@@ -44,6 +44,10 @@ class Results:
     init: str | None  # the checkpoint the run started from
     world_size: int  # processes under torchrun; 1 otherwise
     budget: dict[str, int] | None = None  # inductive: sizes of the labelled train / val splits and of the test set
+    # the dataset's headline metric: accuracy, or mean_class_accuracy (VisDA-2017): the mean of per_class_acc over
+    # the classes the target test split holds (mean_class_acc, written for every run)
+    metric: str = "accuracy"
+    mean_class_acc: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     config: dict[str, Any] = field(default_factory=dict)  # the resolved config

@@ -3,20 +3,14 @@ import json
 from .conftest import TINY, run_cli
 
 
-def test_cli_end_to_end_from_another_directory(tmp_path):
-    out = tmp_path / "run"
-    proc = run_cli(*TINY, f"hydra.run.dir={out}", cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads((out / "results.json").read_text())
-    assert 0.0 <= results["target_acc"] <= 1.0
-    assert "target acc" in proc.stdout and str(out) in proc.stdout
-
-
-def test_cli_second_run_writes_a_second_folder(tmp_path):
+def test_cli_end_to_end_from_another_directory_and_a_second_run_writes_a_second_folder(tmp_path):
     proc = run_cli(*TINY, "seed=1", "trainer.epochs=1", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     folders = list((tmp_path / "outputs").rglob("results.json"))
     assert len(folders) == 1 and "seed1_" in str(folders[0])
+    results = json.loads(folders[0].read_text())
+    assert 0.0 <= results["target_acc"] <= 1.0
+    assert "target acc" in proc.stdout and str(folders[0].parent) in proc.stdout
     proc = run_cli(*TINY, "seed=2", "trainer.epochs=1", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "outputs").rglob("results.json"))) == 2

@@ -242,3 +242,21 @@ def test_cli_missing_dataset_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "train.tar" in lines[0], proc.stderr
+
+
+def test_visda_run_reports_mean_per_class_accuracy_as_its_headline(tmp_path, monkeypatch):
+    from da.config import compose
+    from da.experiment import fit, summary
+
+    _visda(tmp_path, n=12)
+    _patch(monkeypatch, "VISDA2017", counts={"synthetic/all": 12, "real/all": 12})
+    overrides = ["dataset=visda2017", f"data_root={tmp_path}", "dataset.resize=16", "dataset.crop=16"]
+    overrides += ["dataset.cache=false", "backbone=lenet", "method=source_only", "trainer.epochs=1"]
+    overrides += ["trainer.batch_size=4", "trainer.report=false", "trainer.progress_bar=false", "device=cpu"]
+    r = fit(compose(overrides), run_dir=str(tmp_path / "run"), quiet=True)
+    present = [a for a in r["per_class_acc"].values() if a is not None]
+    assert r["metric"] == "mean_class_accuracy" and len(present) == 2  # the fixture holds aeroplane and truck
+    assert r["mean_class_acc"] == pytest.approx(sum(present) / 2)
+    line = summary(r, str(tmp_path / "run"))
+    assert f"target mean per-class acc {100 * r['mean_class_acc']:.1f}%" in line
+    assert f"(overall {100 * r['target_acc']:.1f}%)" in line
