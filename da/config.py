@@ -69,7 +69,7 @@ class TrainerConfig:
     eval_batch_size: int = 256
     # evaluate (accuracy curves, validators, collapse monitor) after every k-th epoch and after the last; 2: the
     # measured cost of evaluating every epoch (a source_only epoch of the embedded task: 24%) halved, at a selection
-    # regret within 0.3 points per method (docs/datasets.md, "Evaluation that scales")
+    # regret within 0.5 points per method (docs/datasets.md, "Measured")
     eval_every: int = 2
     # the label-free validators score a fixed subsample (seed 0) of at most this many target-train and
     # source-validation images (their cost grows with N; SND's with N^2); null: every image
