@@ -36,7 +36,7 @@ lint: install
 # Two pytest workers (CI has 2 cores), one thread each: most of the time is subprocesses and small runs; an idle
 # worker takes pending tests from the other (worksteal), so one long test at the end does not leave a core idle.
 # Bytecode is written (PYTHONDONTWRITEBYTECODE unset): the first process to import a module compiles it, and the
-# ~150 processes the tests start read the .pyc instead of compiling da and the uncompiled install again.
+# other processes the tests start read the .pyc instead of compiling da and the uncompiled install again.
 test: lint
 	env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal
 
