@@ -17,6 +17,8 @@ from statistics import mean, stdev
 
 import yaml
 
+from da.results import headline_acc
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TASK_NAMES = {"amazon": "A", "dslr": "D", "webcam": "W", "mnist": "M", "usps": "U"}
 
@@ -89,9 +91,7 @@ def task_label(key: str) -> str:
 
 def reported(r: dict) -> float | None:
     """The reported weights' target accuracy in the dataset's headline metric (VisDA-2017: mean per-class)."""
-    if r.get("metric") == "mean_class_accuracy" and r.get("mean_class_acc") is not None:
-        return r["mean_class_acc"]
-    return r["target_acc"]
+    return headline_acc(r)
 
 
 def picked_by(validator: str):

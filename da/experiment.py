@@ -26,7 +26,7 @@ from da.errors import ConfigError
 from da.evaluate import accuracy, per_class_accuracy
 from da.inference import save_preprocessing
 from da.report import TestPredictions, source_acc_name, write_report
-from da.results import Results, git_commit, versions
+from da.results import Results, git_commit, headline_acc, versions
 from da.runfolder import locked_run_dir, read_json, write_json, write_text
 from da.runlog import log_to_run_folder
 from da.runtime import select_device, set_deterministic
@@ -280,9 +280,10 @@ def summary(results: dict[str, Any], run_dir: str) -> str:
 
 def _target(r: dict[str, Any]) -> str:
     """The target accuracy in the dataset's headline metric (VisDA-2017: mean per-class, overall beside it)."""
-    if r.get("metric") == "mean_class_accuracy" and r.get("mean_class_acc") is not None:
-        return f"target mean per-class acc {_pct(r['mean_class_acc'])} (overall {_pct(r['target_acc'])})"
-    return f"target acc {_pct(r['target_acc'])}"
+    acc = headline_acc(r)
+    if acc is r["target_acc"]:  # the overall accuracy is the headline
+        return f"target acc {_pct(acc)}"
+    return f"target mean per-class acc {_pct(acc)} (overall {_pct(r['target_acc'])})"
 
 
 def find_baseline(results: dict[str, Any], run_dir: str) -> tuple[dict[str, Any], str] | None:

@@ -60,6 +60,14 @@ class Results:
         return out
 
 
+def headline_acc(r: dict[str, Any]) -> float | None:
+    """A results.json's target accuracy in its dataset's headline metric: the mean per-class accuracy where the
+    dataset says so (``metric``: VisDA-2017), else the overall ``target_acc``."""
+    if r.get("metric") == "mean_class_accuracy" and r.get("mean_class_acc") is not None:
+        return r["mean_class_acc"]
+    return r["target_acc"]
+
+
 def versions() -> dict[str, str]:
     """The versions of the run's libraries, read from their installed metadata (importing torchvision or
     scikit-learn only to read a version would cost seconds of start-up)."""
