@@ -9,7 +9,6 @@ writes TorchScript or ONNX and checks that the file gives the run's logits back.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -109,18 +108,14 @@ def image_files(path: str) -> list[str]:
 
 def load_image(path: Any, prep: dict[str, Any]) -> torch.Tensor:
     """One image (a file path or a PIL image) as the network's input (C, crop, crop), prepared as the run's test
-    split was."""
-    from PIL import Image
+    split was: the training decoder (:func:`da.data.decode.decode`), the centre crop, the normalisation."""
+    from da.data.decode import decode
 
     try:
-        with contextlib.nullcontext(path) if isinstance(path, Image.Image) else Image.open(path) as img:
-            img = img.convert("L" if prep["channels"] == 1 else "RGB")
-            img = img.resize((prep["resize"], prep["resize"]), Image.BILINEAR)
-            pixels = np.asarray(img, dtype=np.float32)
+        pixels = decode(path, prep["resize"], prep["channels"])  # (S, S, C) uint8
     except Exception as err:  # PIL raises many kinds for a file that is not an image
         raise ConfigError(f"{path}: not a readable image ({type(err).__name__})") from err
-    x = torch.from_numpy(pixels)
-    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)  # (C, S, S)
+    x = torch.tensor(pixels).permute(2, 0, 1).float()  # (C, S, S)
     size, crop = prep["resize"], prep["crop"]
     if size > crop:  # the centre crop of da.data.batches.CropFlipNormalize
         top = int(round((size - crop) / 2.0))
@@ -140,13 +135,85 @@ def predict_files(run: LoadedRun, paths: list[Any], batch_size: int = 256) -> np
     return np.concatenate(out) if out else np.zeros((0, len(prep["class_names"])))
 
 
+def predict_readable(
+    run: LoadedRun, paths: list[str], batch_size: int = 256
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """(the readable files, their class probabilities (N, K), "path: reason" of every unreadable file skipped) —
+    what training does with an unreadable file (``skipped_files.txt``)."""
+    prep = run.preprocessing
+    kept: list[str] = []
+    skipped: list[str] = []
+    out = []
+    for i in range(0, len(paths), batch_size):
+        batch = []
+        for p in paths[i : i + batch_size]:
+            try:
+                batch.append(load_image(p, prep))
+                kept.append(p)
+            except ConfigError as err:
+                skipped.append(f"{p}: {err.__cause__.__class__.__name__}: {err.__cause__}")
+        if batch:
+            out.append(torch.softmax(run.predict(torch.stack(batch)).float(), dim=1).cpu().numpy())
+    return kept, (np.concatenate(out) if out else np.zeros((0, len(prep["class_names"])))), skipped
+
+
 def write_predictions_csv(fh: IO[str], files: list[str], probs: np.ndarray, class_names: list[str]) -> None:
-    """CSV to ``fh``: file, predicted class, its probability, then one probability column per class."""
+    """CSV to ``fh``: file, predicted class, its probability, then one probability column per class; names that a
+    spreadsheet would read as a formula are escaped (:func:`da.escape.csv_cell`)."""
+    from da.escape import csv_cell
+
     writer = csv.writer(fh)
-    writer.writerow(["file", "prediction", "probability", *class_names])
+    writer.writerow(["file", "prediction", "probability", *(csv_cell(c) for c in class_names)])
     for f, p in zip(files, probs):
         k = int(p.argmax())
-        writer.writerow([f, class_names[k], f"{p[k]:.4f}", *(f"{v:.4f}" for v in p)])
+        writer.writerow([csv_cell(f), csv_cell(class_names[k]), f"{p[k]:.4f}", *(f"{v:.4f}" for v in p)])
+
+
+# what a run folder holds (da.experiment, da.runlog, da.report, da.runfolder, Hydra's record): never an output
+RUN_FILES = (
+    "config.yaml",
+    "results.json",
+    "model.pt",
+    "checkpoint.pt",
+    FILE,
+    "predictions.npz",
+    "log.csv",
+    "run.log",
+    "report.html",
+    "skipped_files.txt",
+    "selection.json",
+    "summary.md",
+    "summary.csv",
+    "summary.png",
+    ".lock",
+)
+RUN_FOLDERS = (".hydra", "figures", "tensorboard", "source_stage")
+
+
+def check_run_folder(run_dir: str) -> None:
+    """A missing run folder is one ConfigError saying so (``load_run`` says what an existing one lacks)."""
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"{run_dir}: no such run folder (a finished run folder holds model.pt and results.json)")
+
+
+def check_output(path: str, run_dir: str) -> None:
+    """A file ``da predict`` / ``da export`` may write: not a folder, in a folder that exists and is writable, and
+    none of the run folder's own files (the run would then serve other weights or records); ConfigError otherwise."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a folder: -o names the file to write")
+    real, run = os.path.realpath(path), os.path.realpath(run_dir)
+    own = os.path.dirname(real) == run and os.path.basename(real) in RUN_FILES
+    inside = any(real.startswith(os.path.join(run, d) + os.sep) for d in RUN_FOLDERS)
+    same = os.path.exists(path) and any(
+        os.path.exists(f) and os.path.samefile(path, f) for f in (os.path.join(run, n) for n in RUN_FILES)
+    )
+    if own or inside or same:
+        raise ConfigError(f"{path} is one of the run's own files (it would replace them): choose another -o")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{path}: the folder {folder} does not exist (create it, or choose another -o)")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"cannot write in {folder} (read-only): write the file elsewhere with -o FILE")
 
 
 class _Logits(torch.nn.Module):
@@ -170,17 +237,21 @@ def export(run: LoadedRun, fmt: str, out: str | None = None) -> tuple[str, float
         raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     prep = run.preprocessing
     out = out or os.path.join(run.run_dir, "model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    check_output(out, run.run_dir)
     module = _Logits(run.method.float().cpu()).eval()
     example = torch.randn(4, prep["channels"], prep["crop"], prep["crop"], generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice, the exporter's tracer warnings
         expected = module(example)
-        if fmt == "torchscript":
-            traced = torch.jit.trace(module, example, check_trace=False)
-            traced.save(out)
-            got = torch.jit.load(out)(example)
-        else:
-            got = torch.from_numpy(_onnx(module, example, out)(example.numpy()))
+        try:
+            if fmt == "torchscript":
+                traced = torch.jit.trace(module, example, check_trace=False)
+                traced.save(out)
+                got = torch.jit.load(out)(example)
+            else:
+                got = torch.from_numpy(_onnx(module, example, out)(example.numpy()))
+        except OSError as err:
+            raise ConfigError(f"cannot write {out} ({err.strerror or err}): write it elsewhere with -o FILE") from err
     return out, float((got - expected).abs().max())
 
 

@@ -4,8 +4,10 @@ into one uint8 file ``<data_root>/.da-cache/<key>.u8`` of shape (N, 3, S, S), re
 The key hashes the decoder version (this module's ``DECODER_VERSION`` and Pillow's), the size and every file's
 path, byte size and modification time: a changed image, list or size is another key. Several jobs starting at
 once are safe: one takes ``<key>.lock`` (flock) and decodes into ``<key>.u8.tmp-<pid>``, renamed into place when
-complete; ``<key>.json`` (the decode failures, the shape) is written last, atomically — a cache entry without it
-is incomplete and decoded again. The others wait on the lock, then read the finished file.
+complete; ``<key>.json`` (the decode failures, the shape, the bytes' CRC-32) is written last, atomically — an
+entry without it, with a malformed one, or whose bytes no longer match the CRC-32 (checked once per process) is
+decoded again. The others wait on the lock, then read the finished file. The workers are a forkserver's children:
+they hold none of the run's files and die with it (:func:`_pool`).
 
 A cached set that fits the memory budget (``dataset.memory_budget_gb``; default half the machine's memory) is
 read into one in-memory tensor (as an uncached decode would give: the same bytes). One above it stays on disk as
@@ -25,14 +27,16 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
-from PIL import Image
 
+from da.data.decode import decode_image
 from da.errors import DataError, one_line
 from da.runfolder import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-DECODER_VERSION = 1  # bump when decoding changes (resizing filter, colour conversion): old entries are not read
+DECODER_VERSION = (
+    2  # bump when decoding or the entry format changes (filter, colour conversion): old entries are not read
+)
 CACHE_DIR = ".da-cache"
 MIN_CACHED_BYTES = 256 * 2**20  # dataset.cache=auto caches decoded sets at least this large (smaller decode fast)
 
@@ -182,23 +186,46 @@ def _decode_rows(args: tuple) -> list[tuple[int, str]]:
     return errors
 
 
-def decode_image(path: str, size: int) -> np.ndarray | str:
-    """(S, S, 3) uint8 pixels of one image, or the reason it cannot be read."""
+def _worker_start(parent: int) -> None:
+    """A decode worker dies with the run that started it: on Linux the kernel sends it SIGKILL when its parent
+    (the forkserver, which exits when the run does) dies, ``prctl(PR_SET_PDEATHSIG)``, prctl(2)."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the run stops us
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
     try:
-        with Image.open(path) as img:
-            img = _to_8bit(img).convert("RGB").resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except Exception as err:  # a corrupt or truncated file of any kind is skipped, never fatal
-        return f"{type(err).__name__}: {err}"
+        os.kill(parent, 0)  # the run died before the line above took effect: nothing would kill this worker
+    except ProcessLookupError:
+        os._exit(1)
+    except PermissionError:
+        pass
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit (and 32-bit integer) grey images scaled to 8 bits: PIL's ``convert`` would clip them to 255."""
-    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        return img
-    arr = np.asarray(img).astype(np.float64)
-    full = 65535.0 if img.mode.startswith("I;16") or arr.max() <= 65535 else float(arr.max())
-    return Image.fromarray(np.clip(np.rint(arr * 255.0 / full), 0, 255).astype(np.uint8), mode="L")
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes started by a forkserver (spawn where there is none): a forked worker would inherit every
+    open file of the run — the run folder's and the cache's flock among them — and hold them after a kill; the
+    forkserver's children inherit nothing. The forkserver imports this module once, so workers start fast."""
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+    else:
+        context = mp.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),))
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now (an interrupted decode): queued chunks are dropped, running ones killed."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(OSError, AttributeError):
+            proc.kill()
 
 
 def _workers() -> int:
@@ -219,19 +246,17 @@ def decode_to_file(paths: list[str], size: int, path: str, workers: int | None =
     jobs = [(path, shape, a, paths[a : a + chunk]) for a in range(0, len(paths), chunk)]
     errors: dict[int, str] = {}
     if workers == 1 or len(jobs) == 1:
-        results = map(_decode_rows, jobs)
-    else:
-        import multiprocessing as mp
-
-        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ProcessPoolExecutor(workers, mp_context=context)
-        results = pool.map(_decode_rows, jobs)
-    try:
-        for part in results:
+        for part in map(_decode_rows, jobs):
             errors.update(part)
-    finally:
-        if workers > 1 and len(jobs) > 1:
-            pool.shutdown()
+    else:
+        pool = _pool(workers)
+        try:
+            for part in pool.map(_decode_rows, jobs):
+                errors.update(part)
+        except BaseException:  # Ctrl-C, SIGTERM, a broken worker: no worker outlives the decode
+            _stop(pool)
+            raise
+        pool.shutdown()
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
     return errors
@@ -241,44 +266,99 @@ def cached_decode(
     paths: list[str], size: int, cache_root: str, budget: int, what: str
 ) -> tuple[torch.Tensor | DiskImages, dict[int, str]]:
     """The (N, 3, S, S) decoded images of ``paths`` from the cache under ``cache_root`` (decoded there first if
-    missing) — a tensor when they fit ``budget`` bytes, else :class:`DiskImages` — and {row: reason} of the
-    files that could not be decoded."""
+    missing, malformed or not matching its checksum) — a tensor when they fit ``budget`` bytes, else
+    :class:`DiskImages` — and {row: reason} of the files that could not be decoded."""
     folder = os.path.join(cache_root, CACHE_DIR)
     key = cache_key(paths, size)
     data, meta_path = os.path.join(folder, f"{key}.u8"), os.path.join(folder, f"{key}.json")
     shape = (len(paths), 3, size, size)
-    meta = _complete(data, meta_path, shape)
-    if meta is None:
+    entry = _verified(data, meta_path, shape, budget, what)
+    if entry is None:
         try:
             os.makedirs(folder, exist_ok=True)
             with file_lock(os.path.join(folder, f"{key}.lock")):
-                meta = _complete(data, meta_path, shape)  # another job may have finished it meanwhile
-                if meta is None:
+                entry = _verified(data, meta_path, shape, budget, what)  # another job may have finished it meanwhile
+                if entry is None:
                     meta = _build(paths, size, data, meta_path, shape, what)
+                    entry = _open(data, shape, budget), meta
         except OSError as err:
             raise DataError(
                 f"{what}: cannot write the decoded-image cache in {folder} ({one_line(err)}): free space there, "
                 "or set dataset.cache=false to decode into memory"
             ) from err
-    errors = {int(k): v for k, v in meta["errors"].items()}
+    images, meta = entry
+    if isinstance(images, DiskImages):
+        log.info(
+            "%s: %.1f GiB decoded > memory budget %.1f GiB: batches are read from %s",
+            what,
+            images.nelement() / 2**30,
+            budget / 2**30,
+            data,
+        )
+    return images, {int(k): v for k, v in meta["errors"].items()}
+
+
+def _open(data: str, shape: tuple[int, ...], budget: int) -> torch.Tensor | DiskImages:
     images = DiskImages(data, shape)
-    if images.nelement() <= budget:
-        return images.load(), errors
-    log.info(
-        "%s: %.1f GiB decoded > memory budget %.1f GiB: batches are read from %s",
-        what,
-        images.nelement() / 2**30,
-        budget / 2**30,
-        data,
-    )
-    return images, errors
+    return images.load() if images.nelement() <= budget else images
 
 
 def _complete(data: str, meta_path: str, shape: tuple[int, ...]) -> dict | None:
+    """The entry's record, or None when it is missing, unreadable or malformed, or the file has another size."""
     meta = read_json(meta_path)
-    if not meta or list(meta.get("shape", [])) != list(shape) or not os.path.isfile(data):
+    if not isinstance(meta, dict) or meta.get("shape") != list(shape) or not isinstance(meta.get("crc32"), int):
         return None
-    return meta if os.path.getsize(data) == int(np.prod(shape)) else None
+    errors = meta.get("errors")
+    if not isinstance(errors, dict) or not all(k.isdigit() and isinstance(v, str) for k, v in errors.items()):
+        return None
+    try:
+        return meta if os.path.getsize(data) == int(np.prod(shape)) else None
+    except OSError:
+        return None
+
+
+# entries whose checksum this process has verified: (path, inode, size, mtime_ns) -> crc32
+_VERIFIED: dict[tuple, int] = {}
+
+
+def _identity(data: str) -> tuple:
+    st = os.stat(data)
+    return data, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _verified(
+    data: str, meta_path: str, shape: tuple[int, ...], budget: int, what: str
+) -> tuple[torch.Tensor | DiskImages, dict] | None:
+    """(images, record) of a complete entry whose bytes match its checksum (checked once per process); None
+    (with one warning line when the bytes changed) means decode again."""
+    meta = _complete(data, meta_path, shape)
+    if meta is None:
+        return None
+    try:
+        identity = _identity(data)
+        images = _open(data, shape, budget)
+        if _VERIFIED.get(identity) != meta["crc32"]:
+            crc = _crc32(images)
+            if crc != meta["crc32"]:
+                log.warning("%s: %s does not match its checksum (changed on disk): decoding again", what, data)
+                return None
+            _VERIFIED[identity] = crc
+    except (OSError, DataError):
+        return None
+    return images, meta
+
+
+def _crc32(images: torch.Tensor | DiskImages) -> int:
+    """zlib's CRC-32 of the decoded bytes: of the tensor in memory, or of the file read in 64 MiB blocks."""
+    import zlib
+
+    if isinstance(images, torch.Tensor):
+        return zlib.crc32(memoryview(images.numpy()).cast("B"))
+    crc = 0
+    with open(images.path, "rb", buffering=0) as fh:
+        while block := fh.read(64 * 2**20):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 def _build(paths: list[str], size: int, data: str, meta_path: str, shape: tuple[int, ...], what: str) -> dict:
@@ -297,16 +377,19 @@ def _build(paths: list[str], size: int, data: str, meta_path: str, shape: tuple[
     log.info("%s: decoding %d images once into %s", what, len(paths), data)
     try:
         errors = decode_to_file(paths, size, tmp)
+        crc = _crc32(DiskImages(tmp, shape))
         os.replace(tmp, data)
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+    _VERIFIED[_identity(data)] = crc
     meta = {
         "shape": list(shape),
         "errors": {str(k): v for k, v in errors.items()},
         "paths": len(paths),
         "decode_seconds": round(time.perf_counter() - start, 3),
         "decoder": DECODER_VERSION,
+        "crc32": crc,
     }
     write_json(meta_path, meta)
     return meta

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from da.data.base import LabelledTensors
-from da.data.cache import decode_image
+from da.data.decode import decode_image
 from da.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,24 @@ def check_same_classes(classes: dict[str, list[str]]) -> list[str]:
     for other in names[1:]:
         theirs = set(classes[other])
         if theirs != reference:
+            # names that differ only in their Unicode form (NFC on Linux, NFD from a macOS copy) print alike:
+            # show their code points, and how to make them one form
+            alike = {unicodedata.normalize("NFC", n) for n in reference} == {
+                unicodedata.normalize("NFC", n) for n in theirs
+            }
+            show = ascii if alike else str
             diffs = [
-                f"only in {d}: {', '.join(sorted(a - b))}"
+                f"only in {d}: {', '.join(show(n) for n in sorted(a - b))}"
                 for d, a, b in ((names[0], reference, theirs), (other, theirs, reference))
                 if a - b
             ]
-            raise DataError(f"domains {names[0]} and {other} have different classes ({'; '.join(diffs)})")
+            hint = (
+                "; the same names in different Unicode normalisation (NFC / NFD, e.g. copied from macOS): rename "
+                "one domain's class folders to the other's form (convmv -r --nfc -f utf8 -t utf8 --notest DIR)"
+                if alike
+                else ""
+            )
+            raise DataError(f"domains {names[0]} and {other} have different classes ({'; '.join(diffs)}){hint}")
     return sorted(reference)
 
 
