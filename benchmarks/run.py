@@ -4,7 +4,7 @@ Options (``key=value``; ``--help`` prints them): ``suite`` (a name in benchmarks
 (default ``benchmarks/results/<suite>``), ``stage`` = ``all`` | ``sweep`` | ``report``, ``methods`` / ``seeds``
 (comma-separated: run only these of the suite's jobs; other methods may be named too), ``rerun=true`` (run the
 chosen jobs again: their earlier folders move to ``<out>/replaced/<time>/``), ``threads`` (CPU threads of every job,
-default 1 or ``$OMP_NUM_THREADS``). Anything after ``--`` is passed to every job as a ``da.run`` override.
+``trainer.threads``: default 1, the package's). Anything after ``--`` is passed to every job as a ``da.run`` override.
 
 An override after ``--`` that changes a number (``-- trainer.epochs=1``) makes other jobs: they go to their own
 folder, ``<out>/variants/<overrides>/``, with its own runs, tables and figures, never mixed with the suite's
@@ -17,9 +17,9 @@ The sweep goes through Hydra multirun (``python -m da.run -m ...``), one run fol
 says how many, and ``rerun=true`` runs them again), so an interrupted sweep resumes where it stopped (and a job
 interrupted mid-way resumes from its checkpoint). The missing jobs go to as few multiruns as possible (per task,
 one for every rectangle of methods x seeds; a method with its own overrides alone), so that a parallel launcher
-always has jobs to run. Every job runs with the same number of CPU threads whatever the launcher: PyTorch's CPU
-kernels sum in a thread-dependent order, so the numbers (and the report) of a parallel sweep equal those of a
-sequential one. ``<out>/.lock`` keeps a second runner out of ``out``.
+always has jobs to run. Every job runs with the same number of CPU threads whatever the launcher (``trainer.threads``
+and the BLAS pools' variables): PyTorch's CPU kernels sum in a thread-dependent order, so the numbers (and the
+report) of a parallel sweep equal those of a sequential one. ``<out>/.lock`` keeps a second runner out of ``out``.
 """
 
 from __future__ import annotations
@@ -217,6 +217,7 @@ def sweep(suite: Suite, out: str, extra: list[str], threads: int = 1) -> int:
                 f"dataset.target={task['target']}",
                 f"method={','.join(methods)}",
                 f"seed={','.join(map(str, seeds))}",
+                f"trainer.threads={threads}",
                 "trainer.progress_bar=false",
                 "trainer.report=false",  # committed results stay small; `da report <run>` writes one (-- overrides win)
                 "hydra.callbacks={}",  # no per-multirun summary in <out>/runs: the suite's tables are the summary
@@ -257,7 +258,7 @@ def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         raise SuiteError(f"rerun must be true or false, got {opts['rerun']!r}")
     if opts.get("stage", "all") not in ("all", "sweep", "report"):
         raise SuiteError(f"stage must be all, sweep or report, got {opts['stage']!r}")
-    opts.setdefault("threads", os.environ.get("OMP_NUM_THREADS") or "1")
+    opts.setdefault("threads", "1")  # trainer.threads' default: jobs compute what `da train` computes
     if not opts["threads"].isdigit() or int(opts["threads"]) < 1:
         raise SuiteError(f"threads must be a positive integer, got {opts['threads']!r}")
     return opts, extra

@@ -323,6 +323,12 @@ class ImageClassifier(nn.Module):
         return self.head(f), f  # (B, K), (B, D)
 
 
+def backbone_label(cfg: BackboneConfig) -> str:
+    """The backbone as results.json and the closing line name it: ``resnet18`` (this package's, torchvision's)
+    and ``timm/resnet18`` (timm's model of that name) are different networks."""
+    return f"{cfg.library}/{cfg.name}" if cfg.library else cfg.name
+
+
 def build_model(cfg: BackboneConfig, num_classes: int, in_channels: int, image_size: int) -> ImageClassifier:
     if cfg.library == "timm":
         backbone, dim = timm_backbone(cfg.name, cfg.weights, in_channels, image_size)

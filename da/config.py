@@ -11,7 +11,9 @@ is therefore typed while it is composed (a value of the wrong type is refused at
 what the ``__post_init__`` checks refuse.
 
 A field that changes no number (the progress bar, TensorBoard, ...) is declared with :func:`unfingerprinted`:
-the resume fingerprint (``da.checkpoint.fingerprint``) leaves out every key so marked.
+the resume fingerprint (``da.checkpoint.fingerprint``) leaves out every key so marked. A field added after run
+folders were written, whose default computes what those folders computed, is declared with :func:`added`: the
+fingerprint leaves it out at its default only, so such a folder resumes, and any other value is compared.
 """
 
 from __future__ import annotations
@@ -35,13 +37,40 @@ from da.validators import VALIDATORS
 T = TypeVar("T")
 LR_SCHEDULES = ("dann", "cosine", "constant")
 DATA_ON_DEVICE = ("auto", "true", "false")
-#: Field metadata key: ``False`` marks a key that changes no number (left out of the resume fingerprint).
+#: Field metadata key: ``False`` marks a key that changes no number (left out of the resume fingerprint);
+#: ``DEFAULT_ONLY`` a key left out only at its default (:func:`added`).
 FINGERPRINT = "fingerprint"
+DEFAULT_ONLY = "default-only"
+
+
+def default_data_root() -> str:
+    """``$DA_DATA_ROOT`` when it is set to a path, else ``~/data``: set but empty means unset, not the current
+    folder (where a download would land in ``./MNIST/raw``)."""
+    return os.environ.get("DA_DATA_ROOT", "").strip() or "~/data"
+
+
+OmegaConf.register_new_resolver("da.data_root", default_data_root, replace=True)
 
 
 def unfingerprinted(default: Any) -> Any:
     """A field that changes no number a run computes: a run folder resumes under another value of it."""
     return field(default=default, metadata={FINGERPRINT: False})
+
+
+def added(default: Any) -> Any:
+    """A field that run folders written before it lack, and whose ``default`` computes what they computed: left
+    out of the resume fingerprint at its default (those folders resume), compared at any other value."""
+    return field(default=default, metadata={FINGERPRINT: DEFAULT_ONLY})
+
+
+def cpu_threads(value: Any) -> int:
+    """The number of CPU threads ``trainer.threads`` asks for: a positive integer, or ``auto`` (one per CPU core
+    this process may use); anything else is a ConfigError."""
+    if isinstance(value, str) and value.lower() == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"trainer.threads must be a positive integer or auto, got {value!r}")
+    return value
 
 
 @dataclass
@@ -63,6 +92,10 @@ class TrainerConfig:
     data_on_device: str = unfingerprinted("auto")
     channels_last: bool = True  # NHWC memory format for convolutional backbones (faster on GPU and CPU)
     compile: bool = False  # torch.compile the model (first steps slower while it compiles)
+    # PyTorch's CPU threads (torch.set_num_threads), whatever OMP_NUM_THREADS says: a CPU kernel sums in a
+    # thread-dependent order, so the count is part of a run's numbers; 1: the fastest for the embedded task's small
+    # batches on a small CPU (docs/cli.md); auto: one per core (large backbones on a CPU with many cores)
+    threads: Any = added(1)
     # steps between host reads of the losses (progress bar, non-finite check, TensorBoard)
     log_every: int = unfingerprinted(25)
     sync_bn: bool = False  # under torchrun: BatchNorm -> SyncBatchNorm (statistics over every rank's batch)
@@ -86,6 +119,9 @@ class TrainerConfig:
     report: bool = unfingerprinted(True)  # report.html + its figures in the run folder at the end (da/report.py)
 
     def __post_init__(self) -> None:
+        cpu_threads(self.threads)
+        if isinstance(self.threads, str):
+            self.threads = self.threads.lower()
         self.data_on_device = str(self.data_on_device).lower()
         if self.data_on_device not in DATA_ON_DEVICE:
             raise ConfigError(f"trainer.data_on_device must be auto, true or false, got {self.data_on_device!r}")
@@ -132,7 +168,7 @@ class RunConfig:
     dataset: Any = MISSING  # the dataset's config (da/data/)
     seed: int = 0
     device: str = "auto"  # auto = CUDA, then MPS, then CPU
-    data_root: str = "${oc.env:DA_DATA_ROOT,'~/data'}"  # where real datasets live (env DA_DATA_ROOT)
+    data_root: str = "${da.data_root:}"  # where real datasets live: $DA_DATA_ROOT, else ~/data (default_data_root)
     # fraction of the labelled source train split held out (stratified, fixed split) for dev/devn/source_val
     source_val: float = 0.1
     # the reported checkpoint: last, or the epoch a label-free validator scores best (im, snd, ...)
@@ -318,30 +354,34 @@ def to_run_config(cfg: Any) -> RunConfig:
     return to_dataclass(data, RunConfig, "", section_classes(data))
 
 
-def _marked(cls: type, prefix: str) -> list[str]:
-    """Dotted keys of the fields of dataclass ``cls`` (and its dataclass-typed fields) marked ``unfingerprinted``."""
+def _marked(cls: type, prefix: str, values: Any) -> list[str]:
+    """Dotted keys of the fields of dataclass ``cls`` (and its dataclass-typed fields) marked ``unfingerprinted``,
+    and of those marked :func:`added` whose value in ``values`` (the section as a dict) is their default."""
     hints = typing.get_type_hints(cls)
+    values = values if isinstance(values, dict) else {}
     out = []
     for f in fields(cls):  # type: ignore[arg-type]
-        if f.metadata.get(FINGERPRINT, True) is False:
+        mark = f.metadata.get(FINGERPRINT, True)
+        if mark is False or (mark == DEFAULT_ONLY and f.name in values and values[f.name] == f.default):
             out.append(prefix + f.name)
         elif is_dataclass(hints.get(f.name)):
-            out.extend(_marked(hints[f.name], f"{prefix}{f.name}."))
+            out.extend(_marked(hints[f.name], f"{prefix}{f.name}.", values.get(f.name)))
     return out
 
 
 def unfingerprinted_keys(resolved: dict[str, Any]) -> list[str]:
     """The dotted keys of ``resolved`` (a resolved run config) that change no number: the fields declared with
     :func:`unfingerprinted` in :class:`RunConfig`, :class:`TrainerConfig` and the config's sections' dataclasses
-    (sections whose name is not registered are skipped)."""
-    keys = _marked(RunConfig, "")
+    (sections whose name is not registered are skipped), and those declared with :func:`added` that are at their
+    default in ``resolved``."""
+    keys = _marked(RunConfig, "", resolved)
     for key in ("method", "backbone", "dataset"):
         try:
             cls = section_classes({key: resolved.get(key)}).get(key)
         except ConfigError:
             continue
         if cls is not None:
-            keys.extend(_marked(cls, f"{key}."))
+            keys.extend(_marked(cls, f"{key}.", resolved.get(key)))
     return keys
 
 

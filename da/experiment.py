@@ -19,9 +19,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from da import checkpoint, distributed, predictions
+from da.backbones import backbone_label
 from da.build import build_run, typed_configs
 from da.callbacks import Callback
 from da.checkpoint import fingerprint, read_resumable
+from da.data.budget import budget_line
 from da.errors import ConfigError
 from da.evaluate import accuracy, per_class_accuracy
 from da.inference import save_preprocessing
@@ -29,7 +31,7 @@ from da.report import TestPredictions, source_acc_name, write_report
 from da.results import Results, git_commit, headline_acc, versions
 from da.runfolder import locked_run_dir, read_json, write_json, write_text
 from da.runlog import log_to_run_folder
-from da.runtime import select_device, set_deterministic
+from da.runtime import select_device, set_deterministic, set_threads
 from da.selection import oracle, selected_epochs
 from da.stages import SOURCE_STAGE_DIR, init_choice, source_stage_config
 from da.train import Trainer
@@ -81,7 +83,7 @@ def fit(
     Args:
         cfg: the experiment: a composed config (``da.compose([...])``, Hydra's in the CLI), a list of overrides
             as on the command line (``["method=dann", "trainer.epochs=2"]``), a dict of them
-            (``{"method": "dann", "trainer.epochs": 2}``; nested dicts are dotted) or None (the defaults: DANN on
+            (``{"method": "dann", "trainer.epochs": 2}``; nested dicts are dotted) or None (the defaults: MCC on
             the digits task).
         run_dir: the run folder; None: ``outputs/<dataset>/<source>_to_<target>/<method>/seed<s>_<time>``. A folder
             holding a checkpoint of the same config resumes from it; one of another config is refused (naming the
@@ -99,6 +101,7 @@ def fit(
     resolved = OmegaConf.to_container(cfg, resolve=True)
     signature = fingerprint(resolved)
     main = distributed.is_main()  # rank 0 alone writes the run folder
+    set_threads(configs.trainer.threads)  # before any tensor work: the count is part of the run's numbers
     set_deterministic(configs.trainer.deterministic)
     # What can refuse the run (data, backbone, init weights, selection) is checked before the folder is touched:
     # no stub folder is left behind. init=source builds again after its stage (same seed, cached task).
@@ -226,7 +229,7 @@ def _results(cfg: DictConfig, parts, trainer: Trainer, resolved: dict, init_path
         dataset=task.name,
         source=task.source,
         target=task.target,
-        backbone=parts.configs.backbone.name,
+        backbone=backbone_label(parts.configs.backbone),
         seed=cfg.seed,
         target_acc=accuracy(tgt.logits, tgt.labels),
         source_acc=accuracy(src.logits, src.labels) if src is not None else None,
@@ -263,7 +266,7 @@ def summary(results: dict[str, Any], run_dir: str) -> str:
     r = results
     budget = r.get("budget")
     if budget:  # inductive: trained on a labelled budget of the target itself
-        task = f"{r['dataset']} {r['target']} ({budget.get('train')} labelled training images)"
+        task = f"{r['dataset']} {r['target']} ({budget_line(budget)})"
     else:
         task = f"{r['dataset']} {r['source']}->{r['target']}"
     sel = r.get("selection") or {}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from da import distributed
-from da.config import TrainerConfig
+from da.config import TrainerConfig, cpu_threads
 from da.data.batches import TensorSplit
 from da.errors import ConfigError
 
@@ -30,6 +30,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds third-party code that uses the global RNG
     torch.manual_seed(seed)
+
+
+def set_threads(threads: int | str) -> int:
+    """PyTorch's CPU threads for this process (``trainer.threads``), in place of what ``OMP_NUM_THREADS`` or the
+    core count gave it, so a seed gives the same numbers on a machine whatever the environment; returns the count."""
+    n = cpu_threads(threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    if torch.get_num_interop_threads() != n:
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:  # torch allows it once, before the first inter-op parallel work of the process
+            pass
+    return n
 
 
 def set_deterministic(on: bool) -> None:

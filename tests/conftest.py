@@ -13,7 +13,7 @@ from PIL import Image
 from da.config import compose
 
 TINY = [
-    "method=source_only",  # the tests' baseline; the CLI default is dann (a later method=... overrides it)
+    "method=source_only",  # the tests' baseline; the CLI default is mcc (a later method=... overrides it)
     "dataset.samples_per_class=12",
     "trainer.epochs=2",
     "trainer.steps_per_epoch=4",

@@ -134,8 +134,8 @@ def test_yaml_files_hold_only_what_a_group_changes():
 
 def test_the_fingerprint_leaves_out_exactly_the_marked_keys():
     resolved = _composed("")
-    marked = ["data_on_device", "log_every", "progress_bar", "resume", "collapse_fraction", "tensorboard"]
-    marked += ["save_predictions", "report"]
+    marked = ["data_on_device", "threads", "log_every", "progress_bar", "resume", "collapse_fraction"]
+    marked += ["tensorboard", "save_predictions", "report"]  # threads: left out at its default only
     assert unfingerprinted_keys(resolved) == [f"trainer.{k}" for k in marked]
     print_only = OmegaConf.to_container(
         compose(["trainer.progress_bar=false", "trainer.log_every=3", "trainer.tensorboard=true"]), resolve=True

@@ -90,10 +90,10 @@ def test_scores_never_see_target_labels():
     assert before == after and set(before) == set(validators.VALIDATORS)
 
 
-def test_default_method_is_dann():
+def test_default_method_is_mcc():
     from da.config import compose
 
-    assert compose([]).method.name == "dann"
+    assert compose([]).method.name == "mcc"
 
 
 def test_run_reports_validators_per_epoch_and_at_the_end(tmp_path, capsys):

@@ -47,6 +47,12 @@ def _evaluation_view(pool: Dataset, test: Dataset) -> Dataset:
     return pool
 
 
+def budget_line(budget: dict) -> str:
+    """The label budget in words, both labelled parts: ``80 labelled training + 20 validation images``."""
+    val = budget.get("val") or 0
+    return f"{budget.get('train')} labelled training" + (f" + {val} validation images" if val else " images")
+
+
 def split_budget(
     labels: torch.Tensor,
     num_classes: int,

@@ -8,11 +8,18 @@ Target ("sklearn"): ``sklearn.datasets.load_digits`` (1,797 real handwritten dig
 levels; UCI "Optical Recognition of Handwritten Digits"), with a fixed stratified test split that does
 not depend on the seed.
 Both domains are scaled to [0, 1], resized to ``image_size`` and normalised with mean 0.5, std 0.5.
+The renderings are cached (``$XDG_CACHE_HOME/da/digits/``, else ``~/.cache/da/digits/``), keyed by everything
+they depend on: matplotlib's, Pillow's and NumPy's versions, the font files' bytes, the rendering code, the seed
+and the number per class.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import logging
 import os
+import tempfile
 from functools import lru_cache
 
 import numpy as np
@@ -22,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from da.data.base import LabelledTensors, Task, transductive_task
 
+log = logging.getLogger(__name__)
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TARGET_SPLIT_SEED = 20161  # fixed: the target test split is the same for every run and seed
 
@@ -110,6 +118,56 @@ def render_digits(samples_per_class: int, seed: int) -> tuple[np.ndarray, np.nda
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
+def render_cache_dir() -> str:
+    """Where rendered digits are cached: ``$XDG_CACHE_HOME/da/digits``, else ``~/.cache/da/digits``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "da", "digits")
+
+
+def render_key(samples_per_class: int, seed: int) -> str:
+    """A digest of everything :func:`render_digits` depends on: the libraries that draw and draw at random, the
+    fonts' bytes, this module's rendering code and the arguments."""
+    import matplotlib
+    import PIL
+
+    h = hashlib.sha256()
+    for part in (matplotlib.__version__, PIL.__version__, np.__version__, samples_per_class, seed):
+        h.update(f"{part}\0".encode())
+    for fn in (render_digits, render_digit, _fit_box):
+        h.update(inspect.getsource(fn).encode())
+    for path in digit_fonts():
+        with open(path, "rb") as fh:
+            h.update(os.path.basename(path).encode() + b"\0" + hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()[:32]
+
+
+def cached_render(samples_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render_digits`, read from the cache when an earlier run rendered the same (the rendering takes
+    seconds; the file is read in milliseconds), else rendered and written there atomically. An unreadable cache
+    file is rendered again; an unwritable cache folder only costs the rendering next time."""
+    folder = render_cache_dir()
+    path = os.path.join(folder, f"fonts-{samples_per_class}-{seed}-{render_key(samples_per_class, seed)}.npz")
+    try:
+        with np.load(path) as data:
+            return data["images"], data["labels"]
+    except (OSError, KeyError, ValueError, EOFError):  # absent, truncated or another format: render it
+        pass
+    images, labels = render_digits(samples_per_class, seed)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, images=images, labels=labels)
+            os.replace(tmp, path)  # atomic: a concurrent run reads the old file or the whole new one
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as err:
+        log.debug("digits: not caching the renderings in %s: %s", folder, err)
+    return images, labels
+
+
 def _to_tensor(images: np.ndarray, image_size: int) -> torch.Tensor:
     """(N, 8, 8) in [0, 1] -> (N, 1, S, S) normalised to mean 0.5, std 0.5."""
     x = torch.from_numpy(images).float().unsqueeze(1)  # (N, 1, 8, 8)
@@ -132,7 +190,7 @@ def _domain(
     from sklearn.model_selection import train_test_split
 
     if name == "fonts":
-        images, labels = render_digits(samples_per_class, seed)
+        images, labels = cached_render(samples_per_class, seed)
         split_seed = seed
     else:  # sklearn, or sklearn_inverted: the same images with inverted intensities (the hard shift)
         images, labels = load_sklearn_digits()
