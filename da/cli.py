@@ -62,20 +62,28 @@ def _list(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _report(args: argparse.Namespace, rest: list[str]) -> int:
-    from da.report import REPORT, write_summary
+    from da.escape import terminal
+    from da.report import REPORT
+    from da.summary import write_summary
 
     folder = args.folder
     if not os.path.isdir(folder):
-        return fail(f"{folder}: no such folder")
-    if os.path.isfile(os.path.join(folder, "results.json")) and not args.summary:
-        path = rewrite_report(folder, args.device)
-        print(path)
-        return 0
-    table, rows = write_summary(folder)
+        return fail(f"{terminal(folder)}: no such folder")
+    notes: list[str] = []
+    try:
+        if os.path.isfile(os.path.join(folder, "results.json")) and not args.summary:
+            print(terminal(rewrite_report(folder, args.device)))
+            return 0
+        table, rows = write_summary(folder, notes)
+    except OSError as err:  # a read-only folder, a full disk: nothing of the runs is touched
+        return fail(f"cannot write into {terminal(err.filename or folder)}: {err.strerror or err}")
+    for line in notes:
+        print(f"skipped {terminal(line)}")
     if not rows:
-        return fail(f"{folder}: no finished run (results.json) under it")
+        return fail(f"{terminal(folder)}: no finished run (results.json) under it")
     print(table, end="")
-    print(f"summary of {sum(r['runs'] for r in rows)} runs: {os.path.join(folder, 'summary.md')} (+ .csv, .png)")
+    written = "summary.md (+ .csv, .png)" if any("target_acc" in r for r in rows) else "summary.md (+ summary_tta.csv)"
+    print(f"summary of {sum(r['runs'] for r in rows)} runs: {terminal(os.path.join(folder, written))}")
     missing = [r for r in _runs(folder) if not os.path.isfile(os.path.join(r, REPORT))]
     if missing:
         print(f"{len(missing)} run(s) have no {REPORT}: `da report <run>` writes one")
@@ -83,18 +91,31 @@ def _report(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _runs(folder: str) -> list[str]:
-    from da.report import find_runs
+    """The finished runs under ``folder`` that a summary counts (unreadable ones are skipped with a note)."""
+    from da.summary import find_runs, read_results
 
-    return find_runs(folder)
+    return [r for r in find_runs(folder) if read_results(r)[0] is not None]
 
 
 def rewrite_report(run_dir: str, device: str = "cpu") -> str:
-    """Write a finished run's report.html again (its dataset must be readable: the figures use the test images)."""
+    """Write a finished run's report.html again: a training run's from its model and test images (its dataset must
+    be readable), a test-time run's from its results.json and log.csv."""
+    from da.errors import ConfigError
+    from da.escape import terminal
+    from da.summary import is_test_time, read_results
+
+    results, why = read_results(run_dir, finished=False)
+    if results is None:
+        raise ConfigError(f"{terminal(run_dir)}: {why}")
+    if is_test_time(results):
+        from da.tta.report import write_test_time_report
+
+        return write_test_time_report(run_dir, results)
     import torch
 
     from da.build import load_run
     from da.evaluate import predict
-    from da.experiment import _test_predictions
+    from da.experiment import _test_predictions, find_baseline
     from da.report import write_report
 
     run = load_run(run_dir, device)
@@ -102,7 +123,8 @@ def rewrite_report(run_dir: str, device: str = "cpu") -> str:
     dev = torch.device(device)
     tgt = predict(run.method, task.target_test, dev)
     src = predict(run.method, task.source_test, dev) if run.method.uses_source else None
-    return write_report(run_dir, run.results, _test_predictions(tgt, src), list(task.class_names))
+    baseline = find_baseline(run.results, run_dir)
+    return write_report(run_dir, run.results, _test_predictions(tgt, src), list(task.class_names), baseline=baseline)
 
 
 def _predict(args: argparse.Namespace, rest: list[str]) -> int:

@@ -50,6 +50,7 @@ import torch
 
 from da import predictions
 from da.errors import ConfigError
+from da.escape import terminal
 from da.validators import VALIDATORS, ValidationData, domain_weights, score_all, subsample_index
 
 LABEL_FREE_KEYS = (
@@ -195,6 +196,11 @@ class Candidate:
     def label(self) -> str:
         return str(self.info.get("method", "?"))
 
+    @property
+    def scoreable(self) -> bool:
+        """Every saved logit and feature is finite: a NaN or inf prediction cannot be scored by any rule."""
+        return self.data is not None and predictions.finite(self.data)
+
 
 def label_free(results: dict) -> dict:
     """The results.json keys a rule may read (:data:`LABEL_FREE_KEYS`); target accuracies are dropped."""
@@ -231,7 +237,11 @@ def load_candidates(run_dirs: list[str]) -> tuple[list[Candidate], list[str]]:
         if not isinstance(results, dict) or results.get("kind") == "test_time":
             skipped.append(f"{run_dir}: not a training run")
             continue
-        data = predictions.load(run_dir)
+        try:
+            data = predictions.load(run_dir)
+        except ConfigError as err:
+            skipped.append(f"{run_dir}: {err}")
+            continue
         if data is None:
             skipped.append(f"{run_dir}: no predictions.npz (trainer.save_predictions=none or an older run)")
             continue
@@ -239,14 +249,45 @@ def load_candidates(run_dirs: list[str]) -> tuple[list[Candidate], list[str]]:
     return out, skipped
 
 
+def task_of(c: Candidate) -> tuple[str, str]:
+    """A candidate's task, (``dataset source→target, K classes``, its dataset config up to the keys that change
+    no number): two data sets whose domains share names are two tasks."""
+    from da.checkpoint import fingerprint
+
+    name = f"{c.info.get('dataset')} {c.info.get('source')}→{c.info.get('target')}, {c.data.logits_t.shape[1]} classes"
+    dataset = (c.info.get("config") or {}).get("dataset")
+    try:
+        dataset = fingerprint({"dataset": dataset})["dataset"] if isinstance(dataset, dict) else dataset
+    except Exception:  # an unknown dataset section: compared as written
+        pass
+    return name, json.dumps(dataset, sort_keys=True, default=str)
+
+
 def check_pool(cands: list[Candidate]) -> None:
-    """One task for every candidate: same source → target and the same number of target samples and classes."""
-    tasks = {(c.info.get("dataset"), c.info.get("source"), c.info.get("target")) for c in cands}
+    """One task for every candidate: the same dataset config, source → target and number of classes, and the same
+    number of target samples; a mixed pool is refused in one line naming what differs."""
+    tasks = {task_of(c) for c in cands}
     if len(tasks) > 1:
-        raise ConfigError(f"da select: the runs are of different tasks {sorted(map(str, tasks))}; select per task")
+        names = sorted({name for name, _ in tasks})
+        if len(names) == 1:
+            configs = [json.loads(cfg) for _, cfg in sorted(tasks)]
+            keys = _differing(configs) if all(isinstance(x, dict) for x in configs) else ["dataset"]
+            what = f"{names[0]} with different dataset configs ({', '.join(f'dataset.{k}' for k in keys)} differ)"
+        else:
+            what = "; ".join(names)
+        raise ConfigError(f"da select: the runs are of different tasks ({terminal(what)}); select per task")
     shapes = {tuple(c.data.logits_t.shape) for c in cands}
     if len(shapes) > 1:
         raise ConfigError(f"da select: the runs' target predictions differ in shape {sorted(shapes)}")
+
+
+def _differing(configs: list[dict]) -> list[str]:
+    from da.checkpoint import config_differences
+
+    keys: set[str] = set()
+    for other in configs[1:]:
+        keys.update(config_differences(configs[0], other))
+    return sorted(keys) or ["dataset"]
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -392,12 +433,15 @@ class Selection:
         }
 
     def table(self) -> str:
+        """The ranking for a terminal (names with control characters shown as escapes)."""
         lines = [f"{'rank':>4}  {'score':>10}  {'method':<14} {'veto':<5} run"]
         for r in self.rows:
             s = "n/a" if r["score"] is None else f"{r['score']:.4f}"
             mark = "*" if r["run"] == self.chosen else " "
+            note = f"  ({r['note']})" if r.get("note") else ""
+            method, run = terminal(r["method"]), terminal(r["run"])
             lines.append(
-                f"{mark}{r['rank'] or '-':>3}  {s:>10}  {r['method']:<14} {'yes' if r['vetoed'] else '':<5} {r['run']}"
+                f"{mark}{r['rank'] or '-':>3}  {s:>10}  {method:<14} {'yes' if r['vetoed'] else '':<5} {run}{note}"
             )
         return "\n".join(lines)
 
@@ -414,12 +458,18 @@ def rank_candidates(
     if not cands:
         raise ConfigError("da select: no finished run with predictions.npz to choose from")
     check_pool(cands)
+    ok = np.array([c.scoreable for c in cands], dtype=bool)
+    if not ok.any():
+        raise ConfigError("da select: every run's predictions.npz holds non-finite logits or features")
     eligible = collapse_veto([c.flagged for c in cands]) if veto else np.ones(len(cands), dtype=bool)
-    scores = score(rule, cands, members=eligible, mixval=mixval)
-    best = choose(scores, eligible)
+    scores = np.full(len(cands), np.nan)  # a non-finite run is left out of every rule (and of EnsV's ensemble)
+    kept = [c for c, good in zip(cands, ok) if good]
+    scores[ok] = score(rule, kept, members=eligible[ok], mixval=mixval)
+    best = choose(scores, eligible & ok)
     order = sorted(
         range(len(cands)),
         key=lambda i: (
+            not ok[i],
             not eligible[i],
             not np.isfinite(scores[i]),
             -np.nan_to_num(scores[i], nan=-np.inf),
@@ -428,14 +478,15 @@ def rank_candidates(
     )
     rows = []
     for pos, i in enumerate(order, 1):
-        ok = bool(eligible[i] and np.isfinite(scores[i]))
+        ranked, ok_i = bool(eligible[i] and np.isfinite(scores[i])), bool(ok[i])
         rows.append(
             {
-                "rank": pos if ok else None,
+                "rank": pos if ranked else None,
                 "run": cands[i].run_dir,
                 "method": cands[i].label,
                 "score": float(scores[i]) if np.isfinite(scores[i]) else None,
                 "vetoed": bool(not eligible[i]),
+                "note": None if ok_i else "non-finite logits or features: unscoreable",
             }
         )
     return Selection(rule, veto, None if best is None else cands[best].run_dir, rows, skipped or [])
@@ -455,22 +506,34 @@ def select(paths: str | list[str], rule: str = DEFAULT_RULE, veto: bool = True) 
 
 def write_selection(sel: Selection, out: str) -> str:
     """``<out>/selection.json`` and the link ``<out>/chosen`` to the chosen run (a file naming it where links
-    are not allowed); returns the json path."""
+    are not allowed; no link where ``out`` is the chosen run or inside it: a link to its own folder is a loop for
+    ``tar -h`` and recursive globs); returns the json path. Unwritable ``out``: :class:`ConfigError`."""
     from da.runfolder import write_json
 
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "selection.json")
-    write_json(path, sel.to_json())
-    link = os.path.join(out, "chosen")
-    if os.path.islink(link) or os.path.isfile(link):
-        os.remove(link)
-    if sel.chosen is not None and not os.path.exists(link):
-        try:
-            os.symlink(os.path.relpath(sel.chosen, out), link)
-        except OSError:
-            with open(link, "w") as fh:
-                fh.write(sel.chosen + "\n")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"da select: --out {terminal(out)} is a file, not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        path = os.path.join(out, "selection.json")
+        write_json(path, sel.to_json())
+        link = os.path.join(out, "chosen")
+        if os.path.islink(link) or os.path.isfile(link):
+            os.remove(link)
+        if sel.chosen is not None and not links_to_itself(sel.chosen, out) and not os.path.exists(link):
+            try:
+                os.symlink(os.path.relpath(sel.chosen, out), link)
+            except OSError:
+                with open(link, "w") as fh:
+                    fh.write(sel.chosen + "\n")
+    except OSError as err:
+        raise ConfigError(f"da select: cannot write into {terminal(out)}: {err.strerror or err}") from None
     return path
+
+
+def links_to_itself(chosen: str, out: str) -> bool:
+    """Whether ``out`` is the chosen run folder or lies inside it (``<out>/chosen`` would be a loop)."""
+    run, folder = os.path.realpath(chosen), os.path.realpath(out)
+    return os.path.commonpath([run, folder]) == run
 
 
 def main_select(argv: list[str]) -> int:
@@ -489,7 +552,7 @@ def main_select(argv: list[str]) -> int:
         return 2
     print(sel.table())
     for line in sel.skipped:
-        print(f"skipped {line}")
+        print(f"skipped {terminal(line)}")
     return _report_choice(sel, path)
 
 
@@ -497,7 +560,9 @@ def _report_choice(sel: Selection, path: str) -> int:
     if sel.chosen is None:
         print(f"error: rule {sel.rule!r} cannot score any of these runs (see docs/selection.md)", file=sys.stderr)
         return 2
-    print(f"chosen ({sel.rule}): {sel.chosen}\nwrote {path}")
+    print(f"chosen ({sel.rule}): {terminal(sel.chosen)}\nwrote {terminal(path)}")
+    if links_to_itself(sel.chosen, os.path.dirname(path)):
+        print("no 'chosen' link: the folder written into is the chosen run itself")
     return 0
 
 

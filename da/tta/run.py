@@ -35,6 +35,7 @@ from da.runtime import seed_everything, select_device
 from da.tta import corruptions
 from da.tta.config import TTAConfigs, compose, typed
 from da.tta.methods import StreamContext, TTAMethod
+from da.tta.report import write_page
 from da.tta.stream import Domain, build_stream, sample_indices
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def fit_stream(
         results = _results(c, resolved, loaded, domains, preds, stream, method, monitor, source_dir, seconds, device)
         write_text(os.path.join(run_dir, "log.csv"), _csv(rows))
         write_json(os.path.join(run_dir, "results.json"), results)
+        write_page(run_dir, results)  # report.html, after results.json: a failure of the page only warns
         if not c.run.quiet:
             log.info(summary(results, run_dir))
     return results
