@@ -16,8 +16,7 @@ import pytest
 
 from da import cli
 from da.report import TestPredictions as Predictions
-from da.report import write_report
-from da.summary import write_summary
+from da.report import write_report, write_summary
 
 HOSTILE = {
     "dataset": '=HYPERLINK("http://evil.example","x")',
@@ -174,13 +173,13 @@ def test_report_of_a_bad_run_is_one_line(tmp_path, capsys, text, message):
 
 def test_report_into_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch):
     """An unwritable folder (read-only, full disk: the writer's OSError) is one line, exit 2."""
-    from da import summary
+    import tempfile
 
-    def refuse(path, text):
-        raise PermissionError(13, "Permission denied", path)
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", dir)
 
     _run(tmp_path, "a", 0.5)
-    monkeypatch.setattr(summary, "write_text", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write into" in err[0] and "Permission denied" in err[0], err

@@ -99,12 +99,12 @@ def test_out_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys, monkeypa
     _folder_pool(tmp_path)
     (tmp_path / "afile").write_text("x")
     assert crossrun.main_select([str(tmp_path), "--out", str(tmp_path / "afile")]) == 2
-    import da.runfolder
+    import tempfile
 
-    def refuse(path, obj):
-        raise PermissionError(13, "Permission denied", path)
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", dir)
 
-    monkeypatch.setattr(da.runfolder, "write_json", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     assert crossrun.main_select([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "is a file" in err[0] and "Permission denied" in err[1], err
