@@ -1,4 +1,7 @@
-"""Figures and feature analyses for finished runs: accuracy bars, training curves, t-SNE, proxy A-distance."""
+"""Figures and feature analyses for finished runs: accuracy bars, training curves, t-SNE, proxy A-distance.
+
+Method, domain and panel names reach matplotlib through :func:`da.summary.mpl_text` (a ``$`` would start mathtext).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from da.build import load_run
 from da.data.base import Task
 from da.evaluate import predict
 from da.methods import Method
+from da.summary import mpl_text
 
 
 def _plt():
@@ -70,10 +74,15 @@ def accuracy_bars(results: list[dict[str, Any]], path: str, order: list[str] | N
 
     plt, sns = _plt()
     df = pd.DataFrame(
-        {"method": r["method"], "task": f"{r['source']}→{r['target']}", "target accuracy (%)": 100 * r["target_acc"]}
+        {
+            "method": mpl_text(r["method"]),
+            "task": mpl_text(f"{r['source']}→{r['target']}"),
+            "target accuracy (%)": 100 * r["target_acc"],
+        }
         for r in results
     )
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * df["method"].nunique() + 2), 3.2))
+    order = [mpl_text(m) for m in order] if order else None
     sns.barplot(df, x="method", y="target accuracy (%)", hue="task", order=order, errorbar="sd", ax=ax, capsize=0.1)
     ax.set_xlabel("")
     ax.tick_params(axis="x", rotation=35)
@@ -95,7 +104,7 @@ def training_curves(run_dirs: dict[str, list[str]], path: str, metric: str = "ta
                 for row in csv.DictReader(fh):
                     if row.get(metric):
                         value = float(row[metric]) * (100 if metric.endswith("_acc") else 1)  # accuracies in %
-                        frames.append({"method": method, "epoch": int(row["epoch"]), metric: value})
+                        frames.append({"method": mpl_text(method), "epoch": int(row["epoch"]), metric: value})
     df = pd.DataFrame(frames)
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     sns.lineplot(df, x="epoch", y=metric, hue="method", errorbar="sd", ax=ax)
@@ -154,7 +163,7 @@ def _draw_tsne(points, path: str) -> str:
         for domain, colour in (("source", "tab:blue"), ("target", "tab:red")):
             sel = points[(points["panel"] == title) & (points["domain"] == domain)]
             ax.scatter(sel["x"], sel["y"], s=4, alpha=0.6, label=domain, c=colour)
-        ax.set_title(title)
+        ax.set_title(mpl_text(title))
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][0].legend(markerscale=3)
@@ -167,7 +176,7 @@ def pad_bars(pads: dict[str, list[float]], path: str) -> str:
     import pandas as pd
 
     plt, sns = _plt()
-    df = pd.DataFrame({"method": m, "proxy A-distance": v} for m, vals in pads.items() for v in vals)
+    df = pd.DataFrame({"method": mpl_text(m), "proxy A-distance": v} for m, vals in pads.items() for v in vals)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(pads) + 2), 3.0))
     sns.barplot(df, x="method", y="proxy A-distance", errorbar="sd", ax=ax, capsize=0.1, color="tab:gray")
     ax.set_xlabel("")

@@ -277,3 +277,11 @@ def test_curves_have_integer_epoch_ticks(tmp_path):
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles == ["Training losses", "Accuracy", "im", "snd"]  # one panel per validator, unscaled
     plt.close(fig)
+
+
+def test_sweep_figures_draw_dollar_names(tmp_path):
+    from da import plots
+
+    results = [{"method": r"$\frac{$", "source": "a$", "target": "$b", "target_acc": 0.5}]
+    assert os.path.isfile(plots.accuracy_bars(results, str(tmp_path / "bars.png")))
+    assert os.path.isfile(plots.pad_bars({r"$\frac{$": [0.1, 0.2]}, str(tmp_path / "pad.png")))
