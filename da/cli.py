@@ -1,6 +1,7 @@
-"""The ``da`` command: train, list, report, predict, export (and select / portfolio across runs).
+"""The ``da`` command: train, tta, list, report, predict, export (and select / portfolio across runs).
 
-``da train [key=value ...]`` is ``python -m da.run``; every other subcommand works on finished run folders.
+``da train [key=value ...]`` is ``python -m da.run``, ``da tta [key=value ...]`` is ``python -m da.tta``; every other
+subcommand works on finished run folders.
 Bad input is one line on stderr and exit status 2, never a traceback.
 """
 
@@ -15,6 +16,7 @@ EPILOG = """examples:
   da train                                   # DANN on the embedded digits task (no download)
   da train method=source_only seed=1         # any key=value override of the config
   da train -m method=source_only,dann seed=0,1,2   # a sweep; ends with a summary table and chart
+  da tta method=tent severity=5              # test-time adaptation on corrupted digits (da tta --help: every key)
   da list methods                            # every method with its kind and a one-line description
   da report outputs/digits/fonts_to_sklearn/dann/seed0_<time>   # (re)write a run's report.html
   da report multirun/<time>                  # summary.md / summary.png of every run under a folder
@@ -43,6 +45,12 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
     sys.argv = ["da train", *rest]
     run.main()
     return 0
+
+
+def _tta(args: argparse.Namespace, rest: list[str]) -> int:
+    from da.tta.__main__ import main as tta_main
+
+    return tta_main(rest)
 
 
 def _list(args: argparse.Namespace, rest: list[str]) -> int:
@@ -198,6 +206,13 @@ def parser(groups: bool = False) -> Parser:
         + (_groups() if groups else ""),
         _train,
     )
+    s = sub.add_parser(
+        "tta",
+        help="Test-time adaptation: adapt a source model to a stream of corrupted batches (`python -m da.tta`); "
+        "da tta --help lists every key with its default.",
+        add_help=False,
+    )
+    s.set_defaults(handler=_tta)
     s = add(
         "list",
         "List what can be chosen: methods (with their kind), datasets, backbones or validators.",
@@ -278,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv[0] == "train" and any(a in ("-h", "--help") for a in argv[1:]):
         parser(groups=True).parse_args(["train", "--help"])  # prints the help (with the groups' options) and exits 0
-    if argv[0] in ("train", "select", "portfolio"):  # every later argument belongs to the command itself
+    if argv[0] in ("train", "tta", "select", "portfolio"):  # every later argument belongs to the command itself
         args, rest = p.parse_args(argv[:1]), argv[1:]
     else:
         args, rest = p.parse_args(argv), []

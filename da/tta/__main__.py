@@ -1,4 +1,5 @@
-"""``python -m da.tta key=value ...``: one test-time run (``da.tta.run.fit_stream``).
+"""``python -m da.tta key=value ...`` (``da tta``): one test-time run (``da.tta.run.fit_stream``); ``--help`` lists
+every key with its default (``da.tta.config.help_text``).
 
 Overrides are Hydra's (``method=eata``, ``protocol=mixed``, ``protocol.batch_size=128``, ``severity=3``,
 ``init=<run folder>``); the config is composed with Hydra's compose API rather than ``@hydra.main`` because the run
@@ -18,10 +19,12 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
     try:
+        if any(a in ("-h", "--help") for a in args):
+            from da.tta.config import help_text
+
+            print(help_text())
+            return 0
         from da.tta.run import fit_stream
 
         fit_stream(args)

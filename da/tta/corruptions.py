@@ -7,12 +7,15 @@ ImageNet-C (Hendrycks & Dietterich, ICLR 2019, arXiv 1903.12261) at the run's se
 ``imagecorruptions`` package (Michaelis et al., arXiv 1907.07484), which expects H×W×3 uint8 images of at least
 32×32: each grey image is resized to ``data.work_size`` (32: the smallest it accepts, CIFAR's size), its channel
 replicated, corrupted, the first channel kept (so the noise levels stay those of one channel) and resized back.
-Two corruptions of imagecorruptions 1.1.2 fail on today's libraries and are ported here with its parameters:
-``glass_blur`` (scikit-image ≥ 0.19 dropped ``multichannel``) and ``fog`` (NumPy 2 dropped ``np.float_``).
-imagecorruptions draws from NumPy's global generator: each image is corrupted under its own seed (the benchmark's
-``data.corruption_seed``, the corruption, the severity and the image's index), so an image is the same in every
-run, protocol and subset, and the global state is restored afterwards. Corrupted images are cached in memory per
-process (the ``cache`` dict a caller passes to ``fit_stream``).
+Three corruptions of imagecorruptions 1.1.2 are ported here with its parameters: ``glass_blur`` (scikit-image ≥ 0.19
+dropped ``multichannel``), ``fog`` (NumPy 2 dropped ``np.float_``) and ``impulse_noise`` (scikit-image's
+``random_noise`` draws from its own unseeded generator unless given ``rng=``). imagecorruptions draws from NumPy's
+global generator: each image is corrupted under its own seed (the benchmark's ``data.corruption_seed``, the
+corruption, the severity and the image's index), so an image is the same in every run, protocol and subset, and the
+global state is restored afterwards. imagecorruptions imports ``pkg_resources`` (gone from setuptools ≥ 81) for its
+frost images: it is imported with a stand-in for that one function (:func:`_import_imagecorruptions`), and
+:func:`check_corruptions` applies every corruption of a run once to a small image before anything is written.
+Corrupted images are cached in memory per process (the ``cache`` dict a caller passes to ``fit_stream``).
 
 ``data=cifar10c`` (and ``cifar100c``) reads ``<root>/CIFAR-10-C/<corruption>.npy`` — (5·n, 32, 32, 3) uint8, the
 n images of severity s in rows (s−1)·n … s·n (n = 10,000 in the release) — and ``labels.npy``, as RobustBench's
@@ -54,7 +57,8 @@ CORRUPTIONS = (
     "pixelate",
     "jpeg_compression",
 )
-IN_HOUSE = ("glass_blur", "fog")  # ported: imagecorruptions 1.1.2's versions fail on scikit-image >= 0.19 / NumPy 2
+# ported: imagecorruptions 1.1.2's versions fail on scikit-image >= 0.19 / NumPy 2, or ignore NumPy's seed
+IN_HOUSE = ("glass_blur", "fog", "impulse_noise")
 #: The source datasets whose normalisation is known here (mean, std of every channel).
 NORMALISATION = {"digits": (0.5, 0.5), "mnist_usps": (0.5, 0.5)}
 
@@ -126,32 +130,75 @@ DATA_CONFIGS = {"digits_c": DigitsCConfig, "cifar10c": CifarCConfig, "cifar100c"
 # ----------------------------------------------------------------------------------------------- the digits
 
 
-def _pkg_resources_shim() -> None:
-    """imagecorruptions imports ``pkg_resources.resource_filename`` (for its frost images), which setuptools 81
-    removed: provide that one function through importlib.resources when pkg_resources is missing."""
-    try:
-        import pkg_resources  # noqa: F401
-    except ImportError:
-        from importlib.resources import files
+def _resource_filename(package: str, name: str) -> str:
+    """``pkg_resources.resource_filename``: ``name`` beside the module or package ``package``."""
+    import importlib.util
 
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"no module {package!r} to find {name} beside")
+    return os.path.join(os.path.dirname(spec.origin), name)
+
+
+def _import_imagecorruptions():
+    """imagecorruptions' ``corrupt``. Its module runs ``from pkg_resources import resource_filename`` (for its frost
+    images), which setuptools 81 removed: that import is served by a stand-in holding only that function, present
+    in ``sys.modules`` during the import alone, so the package behaves the same with or without setuptools."""
+    import warnings
+
+    if "imagecorruptions" not in sys.modules and sys.modules.get("pkg_resources") is None:
+        missing = object()
+        before = sys.modules.get("pkg_resources", missing)
         shim = types.ModuleType("pkg_resources")
-        shim.resource_filename = lambda package, name: str(files(package).joinpath(name))  # type: ignore[attr-defined]
+        shim.resource_filename = _resource_filename  # type: ignore[attr-defined]
         sys.modules["pkg_resources"] = shim
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # scipy.ndimage.interpolation's deprecation warning
+                import imagecorruptions
+        finally:
+            if before is missing:
+                del sys.modules["pkg_resources"]
+            else:
+                sys.modules["pkg_resources"] = before
+    import imagecorruptions
+
+    return imagecorruptions.corrupt
 
 
 def corruption_function(name: str):
-    """``(H×W×3 uint8, severity) -> H×W×3 uint8``: imagecorruptions' ``corrupt`` or one of the ported two (whose
+    """``(H×W×3 uint8, severity) -> H×W×3 uint8``: imagecorruptions' ``corrupt`` or one of the ported three (whose
     output is quantised as ``corrupt`` does: ``np.uint8``)."""
     if name in IN_HOUSE:
-        port = {"glass_blur": glass_blur, "fog": fog}[name]
+        port = {"glass_blur": glass_blur, "fog": fog, "impulse_noise": impulse_noise}[name]
         return lambda image, severity: np.uint8(port(image, severity))
-    import warnings
-
-    _pkg_resources_shim()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pkg_resources' deprecation warning
-        from imagecorruptions import corrupt
+    corrupt = _import_imagecorruptions()
     return lambda image, severity: corrupt(image, severity=severity, corruption_name=name)
+
+
+def check_corruptions(names: list[str], severity: int, work_size: int = 32) -> None:
+    """Apply each corruption once to a small grey image (under a fixed seed; NumPy's global state is kept), so that a
+    corruption this install cannot run is one ConfigError line before a run trains its source model."""
+    probe = np.repeat(np.linspace(0, 255, work_size * work_size).reshape(work_size, work_size, 1), 3, axis=2)
+    probe = probe.astype(np.uint8)
+    for name in names:
+        try:
+            with _numpy_seed(0):
+                out = np.asarray(corruption_function(name)(probe, severity))
+        except Exception as err:  # an import or library failure of this install, named with its corruption
+            raise ConfigError(f"corruption {name} fails in this install: {type(err).__name__}: {err}") from err
+        if out.shape != probe.shape:
+            raise ConfigError(f"corruption {name} returned shape {out.shape} for a {probe.shape} image")
+
+
+def impulse_noise(x: np.ndarray, severity: int = 1) -> np.ndarray:
+    """imagecorruptions 1.1.2's ``impulse_noise`` (salt and pepper, ImageNet-C's amounts), its generator seeded from
+    NumPy's global one: scikit-image's ``random_noise`` otherwise draws from a fresh unseeded generator."""
+    from skimage.util import random_noise
+
+    amount = [0.03, 0.06, 0.09, 0.17, 0.27][severity - 1]
+    rng = np.random.default_rng(np.random.randint(0, 2**32, dtype=np.uint64))  # noqa: NPY002 - the image's seed
+    return np.clip(random_noise(np.array(x) / 255.0, mode="s&p", amount=amount, rng=rng), 0, 1) * 255
 
 
 def glass_blur(x: np.ndarray, severity: int = 1) -> np.ndarray:

@@ -63,28 +63,40 @@ def source_run(cfg: DictConfig, c: TTAConfigs, run_dir: str) -> str:
 
 
 def check_source(c: TTAConfigs) -> None:
-    """``init=<run>`` must be a finished run folder (refused before the TTA folder is touched)."""
+    """Refused before the TTA folder is touched (and before a source stage trains): ``init=<run>`` must be a
+    finished run folder, and the source run's dataset one the stream's data can be made from."""
     if c.run.init == "source":
+        from da.config import compose as compose_da
+
+        check_dataset(c, str(compose_da([*c.run.source, f"seed={c.run.seed}"]).dataset.name))
         return
     folder = os.path.expanduser(c.run.init)
     if not os.path.isfile(os.path.join(folder, "model.pt")) or not os.path.isfile(os.path.join(folder, "config.yaml")):
         raise ConfigError(f"init={c.run.init}: not a finished run folder (no model.pt and config.yaml); or init=source")
+    dataset = OmegaConf.select(OmegaConf.load(os.path.join(folder, "config.yaml")), "dataset.name")
+    if dataset is not None:
+        check_dataset(c, str(dataset))
+
+
+def check_dataset(c: TTAConfigs, dataset: str) -> None:
+    """The source run's dataset must have a known normalisation, and be the digits task for ``data=digits_c``."""
+    if dataset not in corruptions.NORMALISATION:
+        raise ConfigError(
+            f"the source run's dataset {dataset!r} has no known normalisation for {c.data.name}; "
+            f"valid: {', '.join(corruptions.NORMALISATION)}"
+        )
+    if c.data.name == "digits_c" and dataset != "digits":
+        raise ConfigError(f"data=digits_c corrupts the embedded digits task; the source run is {dataset}")
 
 
 def build_domains(c: TTAConfigs, task, cache: dict, data_root: str) -> list[Domain]:
     """The run's domains: each corruption of ``c.data`` at the run's severity, its samples cut and ordered by the
     seed (:func:`da.tta.stream.sample_indices`); corrupted images come from ``cache`` when already made."""
     dataset = task.name
-    if dataset not in corruptions.NORMALISATION:
-        raise ConfigError(
-            f"the source run's dataset {dataset!r} has no known normalisation for {c.data.name}; "
-            f"valid: {', '.join(corruptions.NORMALISATION)}"
-        )
+    check_dataset(c, dataset)
     mean, std = corruptions.NORMALISATION[dataset]
     domains = []
     if c.data.name == "digits_c":
-        if dataset != "digits":
-            raise ConfigError(f"data=digits_c corrupts the embedded digits task; the source run is {dataset}")
         clean = task.target_test
         key_data = (repr(task.target), tuple(clean.x.shape), float(clean.x.sum()))
         for i, name in enumerate(c.data.corruptions):
@@ -137,6 +149,8 @@ def fit_stream(
     data_root = str(resolved["data_root"])
     if c.data.name != "digits_c":
         corruptions.check_cifar_c(c.data, data_root)  # one line before anything is written
+    else:
+        corruptions.check_corruptions(list(c.data.corruptions), c.run.severity, c.data.work_size)
     device = select_device(c.run.device)
     cache = {} if cache is None else cache
     with locked_run_dir(run_dir or c.run.run_dir or default_run_dir(c)) as run_dir:
