@@ -93,14 +93,15 @@ def _stream_curve(plt, rows: list[dict[str, str]], title: str):
     ax.plot(x, [100 * num(r.get("error")) for r in rows], color="tab:gray", alpha=0.5, linewidth=1, label="batch error")
     ax.plot(x, [100 * num(r.get("online_error")) for r in rows], color="tab:red", label="online error (cumulative)")
     starts = [i for i, r in enumerate(rows) if i == 0 or r.get("domain") != rows[i - 1].get("domain")]
-    if 1 < len(starts) <= 30:
+    if 1 < len(starts) <= 30:  # the domains' names on a top axis, at the batch each begins
         for i in starts:
             ax.axvline(x[i], color="black", linewidth=0.5, alpha=0.4)
-            ax.text(x[i], 1.01, mpl_text(rows[i].get("domain")), rotation=90, fontsize=8, va="bottom",
-                    transform=ax.get_xaxis_transform())  # fmt: skip
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([x[i] for i in starts], [mpl_text(rows[i].get("domain")) for i in starts], rotation=90)
+        top.tick_params(labelsize=8)
     integer_ticks(ax)
     ax.set(xlabel="batch", ylabel="error (%)", ylim=(0, 100))
     ax.legend(loc="upper right")
-    ax.set_title(f"{title}: online error along the stream", pad=70 if 1 < len(starts) <= 30 else 6)
+    ax.set_title(f"{title}: online error along the stream")
     fig.tight_layout()
     return fig
