@@ -38,6 +38,7 @@ LAUNCHER_PLUGINS = {
     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
     "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
 }
+OPTUNA_PLUGIN = "hydra_plugins.hydra_optuna_sweeper"  # hydra/sweeper=optuna (pip package hydra-optuna-sweeper)
 # interpolations in a sweep's folder that differ between any two jobs of it
 UNIQUE_PER_JOB = ("hydra.job.num", "hydra.job.id", "hydra.job.override_dirname")
 
@@ -173,8 +174,17 @@ def launcher_options() -> list[str]:
 
     folder = os.path.join(config_dir(), "hydra", "launcher")
     shipped = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
-    plugins = [name for name, (module, _) in LAUNCHER_PLUGINS.items() if importlib.util.find_spec(module)]
+    plugins = [name for name, (module, _) in LAUNCHER_PLUGINS.items() if plugin_installed(module)]
     return ["basic", *plugins, *shipped]
+
+
+def plugin_installed(module: str) -> bool:
+    """Whether a Hydra plugin's module can be imported; without any plugin its namespace package
+    (``hydra_plugins``) is missing too, and ``find_spec`` of a submodule raises instead of returning None."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
 
 
 def launcher_plugin(name: str) -> str | None:
@@ -216,7 +226,7 @@ def check_launcher(parsed, multirun: bool) -> None:
     if plugin is None:
         raise ConfigError(f"unknown launcher {name!r}; valid launchers: {', '.join(launcher_options())}")
     module, package = LAUNCHER_PLUGINS[plugin]
-    if importlib.util.find_spec(module) is None:
+    if not plugin_installed(module):
         raise ConfigError(f"hydra/launcher={name} needs {package}: pip install 'da[launchers]'")
     missing = [c for c in ("sbatch", "srun") if plugin == "submitit_slurm" and shutil.which(c) is None]
     if missing:
@@ -269,6 +279,8 @@ def optuna_args(args: list[str]) -> list[str]:
 
     if not any(a.replace("+", "").startswith("hydra/sweeper=optuna") for a in args):
         return args
+    if not plugin_installed(OPTUNA_PLUGIN):
+        raise ConfigError("hydra/sweeper=optuna needs hydra-optuna-sweeper: pip install 'da[sweep]'")
     direction = [a for a in args if a.startswith("hydra.sweeper.direction=")]
     if direction and direction[-1].split("=", 1)[1] != "maximize":
         raise ConfigError("hydra.sweeper.direction must be maximize: da returns a validator score (higher = better)")
