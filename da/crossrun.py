@@ -239,8 +239,8 @@ def load_candidates(run_dirs: list[str]) -> tuple[list[Candidate], list[str]]:
             continue
         try:
             data = predictions.load(run_dir)
-        except ConfigError as err:
-            skipped.append(f"{run_dir}: {err}")
+        except ConfigError as err:  # the message names the file
+            skipped.append(str(err))
             continue
         if data is None:
             skipped.append(f"{run_dir}: no predictions.npz (trainer.save_predictions=none or an older run)")

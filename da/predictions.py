@@ -51,11 +51,20 @@ def load(run_dir: str) -> ValidationData | None:
     path = os.path.join(run_dir, FILE)
     if not os.path.isfile(path):
         return None
+    broken = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+    except broken:
+        z = None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ConfigError(f"{path}: not a readable .npz archive (truncated, or not a predictions file)")
+    with z:
+        try:
             raw = {k: z[k] for k in z.files if k in ARRAYS}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise ConfigError(f"{path}: not a readable predictions file ({_reason(err)})") from None
+        except ValueError:  # numpy refuses object arrays without pickle
+            raise ConfigError(f"{path}: holds an object array (only numeric arrays are read)") from None
+        except broken as err:
+            raise ConfigError(f"{path}: truncated or corrupt ({type(err).__name__})") from None
     got = {k: torch.from_numpy(_checked(path, k, v)) for k, v in raw.items()}
     _check_rows(path, got)
     logits_t = got["logits_t"]
@@ -94,10 +103,6 @@ def _check_rows(path: str, got: dict[str, torch.Tensor]) -> None:
         out_of_range = len(y) > 0 and (int(y.min()) < 0 or int(y.max()) >= k)
         if out_of_range or got["logits_s"].shape[1] != k:
             raise ConfigError(f"{path}: source labels or logits do not match the {k} target classes")
-
-
-def _reason(err: BaseException) -> str:
-    return str(err).splitlines()[0][:120] if str(err) else type(err).__name__
 
 
 def _half(t: torch.Tensor) -> np.ndarray:
