@@ -18,6 +18,7 @@ run folder or weights file can never run code (a pickle naming any other callabl
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import random
@@ -38,6 +39,15 @@ MODEL = "model.pt"
 def save(obj: Any, path: str) -> None:
     """``torch.save`` through an atomic write (see :mod:`da.runfolder`)."""
     atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def digest(path: str) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load(path: str, what: str, hint: str = "", mmap: bool = False) -> Any:

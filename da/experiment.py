@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import logging
 import os
 import time
@@ -22,14 +21,14 @@ from da import checkpoint, distributed, predictions
 from da.backbones import backbone_label
 from da.build import build_run, typed_configs
 from da.callbacks import Callback
-from da.checkpoint import fingerprint, read_resumable
+from da.checkpoint import config_differences, fingerprint, read_resumable
 from da.data.budget import budget_line
 from da.errors import ConfigError
 from da.evaluate import accuracy, per_class_accuracy
 from da.inference import save_preprocessing
 from da.report import TestPredictions, source_acc_name, write_report
 from da.results import Results, git_commit, headline_acc, versions
-from da.runfolder import locked_run_dir, read_json, write_json, write_text
+from da.runfolder import TRAINING, claim_folder, locked_run_dir, read_json, write_json, write_text
 from da.runlog import log_to_run_folder
 from da.runtime import select_device, set_deterministic, set_threads
 from da.selection import oracle, selected_epochs
@@ -38,6 +37,7 @@ from da.train import Trainer
 from da.validators import VALIDATORS, best_epochs, score_all
 
 log = logging.getLogger(__name__)
+REPLACE_HINT = ", or trainer.resume=false to move it to <run>/replaced/<time>/ and start afresh"
 
 
 def default_run_dir(cfg: DictConfig) -> str:
@@ -111,7 +111,11 @@ def fit(
     if parts.task.val is not None and rule != "last":
         raise ConfigError(f"selection={rule}: an inductive run selects on its labelled validation split; use last")
     run_dir = distributed.broadcast_object(run_dir or default_run_dir(cfg))
-    folder = locked_run_dir(run_dir) if main else contextlib.nullcontext(run_dir)
+    folder = (
+        locked_run_dir(run_dir, claim_training(signature, configs.trainer.resume))
+        if main
+        else contextlib.nullcontext(run_dir)
+    )
     with folder as run_dir, log_to_run_folder(run_dir) if main else contextlib.nullcontext():
         distributed.barrier()  # the folder exists, locked by rank 0
         resume_state = read_resumable(run_dir, signature) if configs.trainer.resume else None
@@ -131,7 +135,9 @@ def fit(
         record, tgt, src, data = _results(cfg, parts, trainer, resolved, init_path)
         results = record.to_dict()
         if main:
-            checkpoint.save(method.model.state_dict(), os.path.join(run_dir, checkpoint.MODEL))  # reported weights
+            model_path = os.path.join(run_dir, checkpoint.MODEL)
+            checkpoint.save(method.model.state_dict(), model_path)  # reported weights
+            results["model_sha256"] = checkpoint.digest(model_path)  # load_run serves these weights only
             if task.skipped:  # every unreadable file, with its reason (results.json holds the count)
                 write_text(os.path.join(run_dir, "skipped_files.txt"), "\n".join(task.skipped) + "\n")
             predictions.save(run_dir, data, configs.trainer.save_predictions)  # for choices across runs
@@ -142,6 +148,23 @@ def fit(
             (log.debug if quiet else log.info)(summary(results, run_dir))
         distributed.barrier()  # the other ranks go on (e.g. from a source stage) once rank 0 has written
     return FitResult(results, run_dir=os.path.abspath(run_dir))
+
+
+def claim_training(signature: dict[str, Any], resume: bool):
+    """The run folder's claim for a training run of ``signature`` (:func:`da.runfolder.claim_folder`): another
+    kind's run or a finished run of another config is refused; ``resume=False`` moves the run there aside."""
+
+    def claim(run_dir: str) -> None:
+        def differs(config: dict[str, Any]) -> list[str]:
+            return config_differences(fingerprint(config), signature)
+
+        if resume:  # a checkpoint.pt is checked first: read as weights only, its own config compared
+            read_resumable(run_dir, signature, mmap=True)
+        moved = claim_folder(run_dir, TRAINING, differs, replace=not resume, hint=REPLACE_HINT)
+        if moved:
+            log.info("trainer.resume=false: the run that was in %s moved to %s", run_dir, moved)
+
+    return claim
 
 
 class FitResult(dict):
@@ -290,29 +313,31 @@ def _target(r: dict[str, Any]) -> str:
 
 
 def find_baseline(results: dict[str, Any], run_dir: str) -> tuple[dict[str, Any], str] | None:
-    """The newest source_only results.json for the same task, backbone and seed near ``run_dir``: a sibling run
-    folder (a multirun sweep) or ``../../source_only/*`` (the default ``outputs/`` layout)."""
+    """A source_only run comparable with ``results``: its config equal but for the method keys (the same dataset
+    config, backbone, seed, trainer budget, ...), found in a sibling run folder (a multirun sweep) or in
+    ``../../source_only/*`` (the default ``outputs/`` layout). Of several, the first by folder path: the line
+    does not depend on which run was written last."""
     if results.get("method") == "source_only":
         return None
     parent = os.path.dirname(os.path.abspath(run_dir))
     candidates = glob.glob(os.path.join(parent, "*", "results.json"))
     candidates += glob.glob(os.path.join(os.path.dirname(parent), "source_only", "*", "results.json"))
-    same = ("dataset", "source", "target", "backbone", "seed")
-    found = []
-    for path in set(candidates):
-        try:
-            with open(path) as fh:
-                other = json.load(fh)
-        except (OSError, ValueError):
+    wanted = _without_method(results.get("config") or {})
+    same = ("dataset", "source", "target", "backbone", "seed", "epochs")
+    for path in sorted(set(candidates)):
+        other = read_json(path)
+        if not isinstance(other, dict) or other.get("method") != "source_only" or other.get("target_acc") is None:
             continue
-        comparable = all(other.get(k) == results.get(k) for k in same) and other.get("epochs") == results.get("epochs")
-        comparable = comparable and other.get("config", {}).get("dataset") == results["config"].get("dataset")
-        if other.get("method") == "source_only" and comparable:
-            found.append((os.path.getmtime(path), path, other))
-    if not found:
-        return None
-    _, path, other = max(found, key=lambda item: item[0])
-    return other, os.path.dirname(path)
+        if all(other.get(k) == results.get(k) for k in same) and not config_differences(
+            _without_method(other.get("config") or {}), wanted
+        ):
+            return other, os.path.dirname(path)
+    return None
+
+
+def _without_method(config: dict[str, Any]) -> dict[str, Any]:
+    """A results.json's config for comparing runs of different methods: its fingerprint less ``method``."""
+    return {k: v for k, v in fingerprint(config).items() if k != "method"}
 
 
 def _baseline_note(results: dict[str, Any], run_dir: str) -> str:
@@ -320,7 +345,8 @@ def _baseline_note(results: dict[str, Any], run_dir: str) -> str:
     if hit is None:
         return ""
     other, folder = hit
-    return f" (source_only, same task and seed: {_pct(other['target_acc'])}, {os.path.relpath(folder)})"
+    shown = os.path.relpath(folder)
+    return f" (source_only, same task and seed: {_pct(headline_acc(other))}, same config but the method: {shown})"
 
 
 def _pct(x: float | None) -> str:

@@ -48,6 +48,7 @@ class Results:
     # the classes the target test split holds (mean_class_acc, written for every run)
     metric: str = "accuracy"
     mean_class_acc: float | None = None
+    model_sha256: str | None = None  # sha256 of model.pt's bytes: load_run refuses weights of another run
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     config: dict[str, Any] = field(default_factory=dict)  # the resolved config

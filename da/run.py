@@ -119,7 +119,7 @@ def check_overrides(args: list[str]) -> None:
     from da.build import typed_configs
     from da.config import group_options, one_line
     from da.errors import ConfigError
-    from da.runfolder import check_run_dir
+    from da.runfolder import TRAINING, check_folder, check_run_dir
 
     overrides = [a for a in args if not a.startswith("-")]
     multirun = any(a in ("-m", "--multirun") for a in args)
@@ -142,7 +142,9 @@ def check_overrides(args: list[str]) -> None:
     check_launcher(parsed, multirun)
     for i, combo in enumerate(_combinations(parsed)):
         cfg = _compose(combo)
-        check_run_dir(str(OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")))
+        folder = check_run_dir(str(OmegaConf.select(cfg, "hydra.sweep.dir" if multirun else "hydra.run.dir")))
+        if not multirun and os.path.isdir(folder):  # another kind's run: refused before Hydra opens run.log there
+            check_folder(folder, TRAINING, lambda config: [])
         if multirun and i == 0:
             check_distinct_folders(parsed, OmegaConf.to_container(cfg.hydra.sweep, resolve=False))
         with open_dict(cfg):
@@ -379,19 +381,25 @@ def record_listener(cfg, run_dir: str, subdir: str):
 def claim_run_dir(cfg, run_dir: str):
     """Take the run folder before anything is written to it (rank 0 only): its lock (held through
     :func:`da.fit`, which takes it again) and the resume check. A refusal is a ConfigError and leaves the folder
-    as it was. Returns the held lock (a context manager that releases it)."""
+    as it was (:func:`da.runfolder.check_folder`: another kind's run, a finished run of another config). Returns
+    the held lock (a context manager that releases it)."""
     from omegaconf import OmegaConf
 
-    from da.checkpoint import fingerprint, read_resumable
-    from da.runfolder import RunLock
+    from da.checkpoint import config_differences, fingerprint, read_resumable
+    from da.experiment import REPLACE_HINT
+    from da.runfolder import TRAINING, RunLock, check_folder
 
     if os.environ.get("RANK", "0") != "0":
         return contextlib.nullcontext()
     lock = RunLock(run_dir, reentrant=True).acquire()
     try:
-        if OmegaConf.select(cfg, "trainer.resume", default=True):
-            signature = fingerprint(OmegaConf.to_container(cfg, resolve=True))
+        resume = OmegaConf.select(cfg, "trainer.resume", default=True)
+        signature = fingerprint(OmegaConf.to_container(cfg, resolve=True))
+        differs = lambda config: config_differences(fingerprint(config), signature)  # noqa: E731
+        if resume:
             read_resumable(run_dir, signature, mmap=True)  # its config only: fit reads the weights
+        # another kind's run, or a finished run of another config: refused; fit moves a replaced run aside
+        check_folder(run_dir, TRAINING, differs, replace=not resume, hint=REPLACE_HINT)
     except BaseException:
         lock.release(restore=True)
         raise

@@ -1,9 +1,11 @@
 """``fit_stream(cfg)``: one test-time run end to end, in its own locked run folder.
 
-The config is checked and the data found *before* the folder is touched (a refused run leaves nothing behind).
-Then: config.yaml; the source model (``init=source``: ``da.experiment.source_checkpoint`` trains ``source_only``
-in ``<run>/source_stage/``, reused when finished; or ``init=<run folder>``), read through ``da.build.load_run``;
-the domains (the corruption benchmark at the run's severity); the protocol's stream; and the loop — for each batch,
+The config is checked and the data found *before* the folder is touched (a refused run leaves nothing behind);
+the folder must hold no training run and no finished test-time run of another config (:func:`claim_test_time`).
+Then: the source model (``init=source``: ``da.experiment.source_checkpoint`` trains ``source_only`` in
+``<run>/source_stage/``, reused when finished; or ``init=<run folder>``), read through ``da.build.load_run``; the
+domains (the corruption benchmark at the run's severity); the protocol's stream; config.yaml, once all of these
+have passed; and the loop — for each batch,
 reset where the protocol says, ``method.step(images)`` (no label), and the returned logits scored against the
 labels the runner kept. log.csv gets one row per batch, results.json the per-domain online error, their mean, the
 protocol and the source run. The label-free collapse monitor (``da.monitor.CollapseMonitor``) watches the
@@ -27,10 +29,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from da.build import load_run
+from da.checkpoint import config_differences
 from da.errors import ConfigError
 from da.monitor import CollapseMonitor
 from da.results import git_commit, versions
-from da.runfolder import locked_run_dir, write_json, write_text
+from da.runfolder import TEST_TIME, claim_folder, locked_run_dir, write_json, write_text
 from da.runtime import seed_everything, select_device
 from da.tta import corruptions
 from da.tta.config import TTAConfigs, compose, typed
@@ -153,8 +156,8 @@ def fit_stream(
         corruptions.check_corruptions(list(c.data.corruptions), c.run.severity, c.data.work_size)
     device = select_device(c.run.device)
     cache = {} if cache is None else cache
-    with locked_run_dir(run_dir or c.run.run_dir or default_run_dir(c)) as run_dir:
-        write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    folder = run_dir or c.run.run_dir or default_run_dir(c)
+    with locked_run_dir(folder, claim_test_time(resolved)) as run_dir:
         source_dir = source_run(cfg, c, run_dir)
         loaded = load_run(source_dir, device=str(device), tasks=cache.setdefault("tasks", {}))
         task = loaded.task
@@ -164,6 +167,8 @@ def fit_stream(
         mean, std = corruptions.NORMALISATION[task.name]
         ctx = StreamContext(task.num_classes, mean, std, device, c.protocol.batch_size, clean_images(task))
         method = c.method_cls(loaded.model, c.method, ctx).to(device)
+        # written once everything that can refuse the run has passed: a refused run leaves no config.yaml
+        write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(OmegaConf.create(resolved)))
         start = time.perf_counter()
         rows, preds, monitor = _loop(c, method, stream, domains, device, on_domain_start)
         seconds = time.perf_counter() - start
@@ -174,6 +179,24 @@ def fit_stream(
         if not c.run.quiet:
             log.info(summary(results, run_dir))
     return results
+
+
+def claim_test_time(resolved: dict[str, Any]) -> Callable[[str], None]:
+    """The run folder's claim (:func:`da.runfolder.claim_folder`): a training run's folder (``init=R run_dir=R``
+    included) or a finished test-time run of another config is refused before anything is written."""
+
+    def differs(config: dict[str, Any]) -> list[str]:
+        return config_differences(_signature(config), _signature(resolved))
+
+    def claim(run_dir: str) -> None:
+        claim_folder(run_dir, TEST_TIME, differs, hint=" or delete it")
+
+    return claim
+
+
+def _signature(config: dict[str, Any]) -> dict[str, Any]:
+    """A test-time config less the keys that change no number: where the run folder is, the progress lines."""
+    return {k: v for k, v in config.items() if k not in ("run_dir", "quiet")}
 
 
 def _loop(c: TTAConfigs, method: TTAMethod, stream, domains, device, on_domain_start):
