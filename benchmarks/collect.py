@@ -25,10 +25,11 @@ TASK_NAMES = {"amazon": "A", "dslr": "D", "webcam": "W", "mnist": "M", "usps": "
 
 def load_results(folder: str) -> list[dict]:
     """Every results.json below ``folder``, sorted by path; each gets its run folder under ``"_dir"``. A run's own
-    source stage (``<run>/source_stage/``, a nested run of another config) is not a result of the sweep."""
+    source stage (``<run>/source_stage/``, a nested run of another config) and the runs moved aside to a
+    ``replaced/`` folder are not results of the sweep."""
     rows = []
     for path in sorted(glob.glob(os.path.join(folder, "**", "results.json"), recursive=True)):
-        if "source_stage" in os.path.relpath(path, folder).split(os.sep):
+        if {"source_stage", "replaced"} & set(os.path.relpath(path, folder).split(os.sep)):  # not the sweep's
             continue
         with open(path) as fh:
             rows.append({**json.load(fh), "_dir": os.path.dirname(path)})

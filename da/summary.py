@@ -25,7 +25,7 @@ from da.runfolder import atomic_write, write_text
 SUMMARY_KEYS = ("dataset", "source", "target", "method", "backbone")
 TTA_KEYS = ("method", "protocol", "data", "severity", "dataset", "backbone")
 TTA_RUN_KEYS = ("seed", "run_dir", "quiet")  # a test-time config's keys that are not part of its setting
-SKIP_DIRS = ("source_stage", "figures", ".hydra")
+SKIP_DIRS = ("source_stage", "figures", ".hydra", "replaced")  # replaced: runs trainer.resume=false moved aside
 
 
 def find_runs(folder: str) -> list[str]:

@@ -127,6 +127,9 @@ def test_resume_false_moves_the_earlier_run_aside_before_training(runs, tmp_path
     assert json.loads((old / "results.json").read_text()) == earlier
     assert da.load_run(str(old)).results["seed"] == 0
     assert fresh["seed"] == 2 and da.load_run(str(folder)).results["seed"] == 2
+    from da.summary import find_runs
+
+    assert find_runs(str(tmp_path)) == [str(folder)]  # da report counts the run once, not its replaced one
 
 
 # ------------------------------------------------------------------ model.pt is its run's
