@@ -1,4 +1,5 @@
-"""What can be chosen: methods, datasets, backbones and validators, each with a one-line description.
+"""What can be chosen: methods, datasets (with their domains), backbones, validators and the cross-run rules of
+``da select``, each with a one-line description.
 
 Read from the registries and the config groups at call time, so a method, dataset or backbone added to the
 package (or a YAML added to ``configs/``) is listed the moment it exists. ``da list ...`` prints these;
@@ -7,6 +8,8 @@ package (or a YAML added to ``configs/``) is listed the moment it exists. ``da l
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -15,11 +18,13 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Entry:
     """One choice: its ``name`` (what an override takes, e.g. ``method=<name>``), its ``kind`` (methods:
-    inductive, transductive or unsupervised; validators: target-only or with-source) and a one-line description."""
+    inductive, transductive or unsupervised; validators: target-only or with-source; ``da select``'s rules:
+    cross-run), a one-line description and, for a dataset, its domains (``dataset.source`` / ``dataset.target``)."""
 
     name: str
     kind: str
     description: str
+    domains: tuple[str, ...] = ()
 
 
 def _first_line(text: str | None, limit: int = 110) -> str:
@@ -30,7 +35,7 @@ def _first_line(text: str | None, limit: int = 110) -> str:
             break
         para.append(line.strip())
     joined = " ".join(para).replace("``", "")  # reST literals read as plain words on a terminal
-    end = re.search(r"(?<! al)(?<! e\.g)(?<! i\.e)\. ", joined)
+    end = re.search(r"(?<! al)(?<! e\.g)(?<! i\.e)(?<! sec)\. ", joined)
     sentence = joined[: end.start() + 1] if end else joined
     return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
 
@@ -62,9 +67,30 @@ def _group(group: str, kind: str) -> list[Entry]:
     return [Entry(name, kind, _yaml_header(os.path.join(folder, f"{name}.yaml"))) for name in group_options(group)]
 
 
+def dataset_domains() -> dict[str, tuple[str, ...]]:
+    """The domains each dataset's ``dataset.source`` / ``dataset.target`` take, from the constants its config checks
+    them against (``folder``: the sub-folders of ``dataset.root``)."""
+    from da.data import DIGIT_DOMAINS, digit5, listed, mnist_usps, office31
+
+    return {
+        "digits": DIGIT_DOMAINS,
+        "mnist_usps": mnist_usps.DOMAINS,
+        "office31": office31.DOMAINS,
+        "folder": ("<the folders under dataset.root>",),
+        "office_home": listed.OFFICE_HOME.domains,
+        "visda2017": listed.VISDA2017.domains,
+        "domainnet": listed.DOMAINNET.domains,  # variant=126: clipart, painting, real, sketch
+        "mnist_m": listed.MNIST_M.domains,
+        "svhn": ("svhn",),
+        "digit5": digit5.DIGIT5_DOMAINS,
+    }
+
+
 def list_datasets() -> list[Entry]:
-    """Every dataset config (``dataset=<name>``, ``configs/dataset/``) with the first line of its description."""
-    return _group("dataset", "dataset")
+    """Every dataset config (``dataset=<name>``, ``configs/dataset/``) with the first line of its description and
+    its domains."""
+    domains = dataset_domains()
+    return [Entry(e.name, e.kind, e.description, domains.get(e.name, ())) for e in _group("dataset", "dataset")]
 
 
 def list_backbones() -> list[Entry]:
@@ -74,18 +100,50 @@ def list_backbones() -> list[Entry]:
 
 
 def list_validators() -> list[Entry]:
-    """Every label-free validator (``selection=<name>``; higher is better), target-only or using the labelled
-    source validation split; each described by its entry in :mod:`da.validators`' docstring."""
+    """Every label-free validator (``selection=<name>``, and a ``da select --rule``; higher is better), target-only
+    or using the labelled source validation split, then the rules of ``da select`` that rank finished runs
+    (kind ``cross-run``; ``cross-run, default`` for the default); each described by its entry in the docstring of
+    :mod:`da.validators` or :mod:`da.crossrun`."""
     from da import validators
 
-    described = dict(re.findall(r"^- ``(\w+)``: (.*?)(?=^- ``|\Z)", validators.__doc__ or "", re.M | re.S))
-    return [
+    described = _bullets(validators.__doc__ or "")
+    entries = [
         Entry(
             name,
             "target-only" if name in validators.TARGET_ONLY else "with-source",
             _first_line(described.get(name, ""), 120),
         )
         for name in validators.VALIDATORS
+    ]
+    return entries + list_rules()
+
+
+def _bullets(doc: str) -> dict[str, str]:
+    """``- ``name``: text`` entries of a docstring's list, by name."""
+    return dict(re.findall(r"^- ``(\w+)``: (.*?)(?=^- |^$|\Z)", doc, re.M | re.S))
+
+
+def list_rules() -> list[Entry]:
+    """The cross-run rules of ``da select`` that are not validators (``da select --rule <name>``), read from
+    :mod:`da.crossrun`'s source (its docstring, ``RULES`` and ``DEFAULT_RULE``) without importing it (torch)."""
+    spec = importlib.util.find_spec("da.crossrun")
+    if spec is None or spec.origin is None:
+        return []
+    with open(spec.origin, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read())
+    names: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            names[node.targets[0].id] = node.value
+    rules = names.get("RULES")
+    default = names.get("DEFAULT_RULE")
+    listed = [e.value for e in getattr(rules, "elts", []) if isinstance(e, ast.Constant)]
+    default_name = default.value if isinstance(default, ast.Constant) else None
+    described = _bullets(ast.get_docstring(tree) or "")
+    return [
+        Entry(name, "cross-run, default" if name == default_name else "cross-run", _first_line(described[name], 120))
+        for name in listed
+        if name in described
     ]
 
 

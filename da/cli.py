@@ -62,7 +62,11 @@ def _list(args: argparse.Namespace, rest: list[str]) -> int:
     show_kind = args.what in ("methods", "validators")
     for e in entries:
         kind = f"{e.kind:<{kind_width}}  " if show_kind else ""
-        print(f"{e.name:<{width}}  {kind}{e.description}")
+        domains = f" [domains: {', '.join(e.domains)}]" if e.domains else ""
+        print(f"{e.name:<{width}}  {kind}{e.description}{domains}")
+    if args.what == "validators":
+        print("\nvalidators: selection=<name> picks a run's epoch, and each is also a `da select --rule <name>`; "
+              "cross-run rules rank finished runs: `da select RUNS --rule <name>` (default ensv)")  # fmt: skip
     if args.what == "methods":
         print("\nkinds: transductive (labelled source + unlabelled target), unsupervised (source-free or pseudo-label "
               "methods; target images only after the source stage), inductive (a labelled target budget)")  # fmt: skip
@@ -212,6 +216,8 @@ def parser(groups: bool = False) -> Parser:
         "da tta --help lists every key with its default.",
         add_help=False,
     )
+    s.add_argument("-h", "--help", action="store_true")  # da.tta prints its help (main passes it the arguments)
+    s.add_argument("overrides", nargs=argparse.REMAINDER)
     s.set_defaults(handler=_tta)
     s = add(
         "list",
