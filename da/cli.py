@@ -221,7 +221,8 @@ def parser(groups: bool = False) -> Parser:
     s.set_defaults(handler=_tta)
     s = add(
         "list",
-        "List what can be chosen: methods (with their kind), datasets, backbones or validators.",
+        "List what can be chosen: methods (with their kind), datasets (with their domains), backbones, or "
+        "validators (with the cross-run rules of da select).",
         "examples:\n  da list methods\n  da list validators",
         _list,
     )
