@@ -406,28 +406,47 @@ def claim_run_dir(cfg, run_dir: str):
     return lock
 
 
-STARTUP_INTERRUPTED = "interrupted during start-up; nothing was trained"
+STARTUP_INTERRUPTED = "during start-up; nothing was trained"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop) raised where Ctrl-C raises KeyboardInterrupt: the run stops the same
+    way (workers stopped, completed epochs kept) and the command exits with 143 (128 + SIGTERM)."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def stopped(err: BaseException) -> tuple[str, int]:
+    """What stopped the run and the exit status: ("terminated", 143) for SIGTERM, ("interrupted", 130) for Ctrl-C."""
+    return ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
 
 
 def main() -> None:
-    """The CLI; Ctrl-C at any moment (start-up included) is one line and exit status 130."""
+    """The CLI; Ctrl-C (SIGTERM) at any moment, start-up included, is one line and exit status 130 (143)."""
     import signal
 
     signal.signal(signal.SIGINT, interrupted_at_start)  # until Hydra hands the job over (_main)
+    signal.signal(signal.SIGTERM, interrupted_at_start)
     try:
         _cli()
-    except KeyboardInterrupt:
-        fail(STARTUP_INTERRUPTED, 130, log=False)
+    except KeyboardInterrupt as err:
+        word, code = stopped(err)
+        fail(f"{word} {STARTUP_INTERRUPTED}", code, log=False)
 
 
 def interrupted_at_start(signum, frame) -> None:
-    """Ctrl-C while importing and composing: a KeyboardInterrupt raised inside an import can leave a library
-    half imported (and a later error that is not one line), and nothing has been written yet: end here."""
-    print(f"error: {STARTUP_INTERRUPTED}", file=sys.stderr, flush=True)
+    """Ctrl-C or SIGTERM while importing and composing: a KeyboardInterrupt raised inside an import can leave a
+    library half imported (and a later error that is not one line), and nothing has been written yet: end here."""
+    import signal
+
+    word, code = stopped(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
+    print(f"error: {word} {STARTUP_INTERRUPTED}", file=sys.stderr, flush=True)
     folder = os.environ.get(RANK_FOLDER)
     if folder:
         shutil.rmtree(folder, ignore_errors=True)
-    os._exit(130)
+    os._exit(code)
 
 
 def _cli() -> None:
@@ -469,6 +488,8 @@ def _cli() -> None:
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt: the run keeps its epochs
+            if signal.getsignal(signal.SIGTERM) is interrupted_at_start:  # not a torchrun rank's own handler
+                signal.signal(signal.SIGTERM, raise_terminated)
         run_dir = os.path.abspath(HydraConfig.get().runtime.output_dir)
         in_worker = os.getpid() != cli_pid  # joblib / submitit worker: the CLI prints its error (one_line_job_errors)
         rank_folder_done()
@@ -491,10 +512,11 @@ def _cli() -> None:
                         log_error(str(err))
                     raise
                 fail(str(err), code=exit_code(err), log=logged)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (Terminated)
+                word, code = stopped(err)
                 if drop_unstarted(run_dir, fresh):
-                    fail(STARTUP_INTERRUPTED, 130, log=False)
-                fail("interrupted; completed epochs are kept in checkpoint.pt; rerun in the same folder to resume", 130)
+                    fail(f"{word} {STARTUP_INTERRUPTED}", code, log=False)
+                fail(f"{word}; completed epochs are kept in checkpoint.pt; rerun in the same folder to resume", code)
         # what a sweeper (Optuna) maximises: the selected checkpoint's label-free score, never a target label
         return results["selection"]["score"]
 

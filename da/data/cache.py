@@ -6,8 +6,8 @@ path, byte size and modification time: a changed image, list or size is another 
 once are safe: one takes ``<key>.lock`` (flock) and decodes into ``<key>.u8.tmp-<pid>``, renamed into place when
 complete; ``<key>.json`` (the decode failures, the shape, the bytes' CRC-32) is written last, atomically — an
 entry without it, with a malformed one, or whose bytes no longer match the CRC-32 (checked once per process) is
-decoded again. The others wait on the lock, then read the finished file. The workers are a forkserver's children:
-they hold none of the run's files and die with it (:func:`_pool`).
+decoded again. The others wait on the lock, then read the finished file. The workers are spawned: they hold none of
+the run's files and die with it (:func:`_pool`).
 
 A cached set that fits the memory budget (``dataset.memory_budget_gb``; default half the machine's memory) is
 read into one in-memory tensor (as an uncached decode would give: the same bytes). One above it stays on disk as
@@ -39,6 +39,7 @@ DECODER_VERSION = (
 )
 CACHE_DIR = ".da-cache"
 MIN_CACHED_BYTES = 256 * 2**20  # dataset.cache=auto caches decoded sets at least this large (smaller decode fast)
+POOL_MIN_IMAGES = 1000  # fewer images decode faster here than worker processes start (each imports torch)
 
 
 def memory_budget(gb: float | None) -> int:
@@ -188,35 +189,27 @@ def _decode_rows(args: tuple) -> list[tuple[int, str]]:
 
 def _worker_start(parent: int) -> None:
     """A decode worker dies with the run that started it: on Linux the kernel sends it SIGKILL when its parent
-    (the forkserver, which exits when the run does) dies, ``prctl(PR_SET_PDEATHSIG)``, prctl(2)."""
+    dies (``prctl(PR_SET_PDEATHSIG)``, prctl(2)); Ctrl-C reaches the whole process group, and the run stops us."""
     import signal
     import sys
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the run stops us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-    try:
-        os.kill(parent, 0)  # the run died before the line above took effect: nothing would kill this worker
-    except ProcessLookupError:
+    if os.getppid() != parent:  # the run died before the line above took effect
         os._exit(1)
-    except PermissionError:
-        pass
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes started by a forkserver (spawn where there is none): a forked worker would inherit every
-    open file of the run — the run folder's and the cache's flock among them — and hold them after a kill; the
-    forkserver's children inherit nothing. The forkserver imports this module once, so workers start fast."""
+    """Spawned worker processes, children of the run: a forked worker would inherit every open file of the run (the
+    run folder's and the cache's flock among them) and hold them after a kill; a forkserver's worker is the
+    forkserver's child, and the forkserver lives as long as its workers do (they hold its liveness pipe)."""
     import multiprocessing as mp
 
-    if "forkserver" in mp.get_all_start_methods():
-        context = mp.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-    else:
-        context = mp.get_context("spawn")
+    context = mp.get_context("spawn")
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),))
 
 
@@ -245,7 +238,7 @@ def decode_to_file(paths: list[str], size: int, path: str, workers: int | None =
     chunk = max(1, min(512, -(-len(paths) // (4 * workers))))
     jobs = [(path, shape, a, paths[a : a + chunk]) for a in range(0, len(paths), chunk)]
     errors: dict[int, str] = {}
-    if workers == 1 or len(jobs) == 1:
+    if workers == 1 or len(jobs) == 1 or len(paths) < POOL_MIN_IMAGES:
         for part in map(_decode_rows, jobs):
             errors.update(part)
     else:
@@ -272,7 +265,7 @@ def cached_decode(
     key = cache_key(paths, size)
     data, meta_path = os.path.join(folder, f"{key}.u8"), os.path.join(folder, f"{key}.json")
     shape = (len(paths), 3, size, size)
-    entry = _verified(data, meta_path, shape, budget, what)
+    entry = _verified(data, meta_path, shape, budget, None)
     if entry is None:
         try:
             os.makedirs(folder, exist_ok=True)
@@ -327,10 +320,10 @@ def _identity(data: str) -> tuple:
 
 
 def _verified(
-    data: str, meta_path: str, shape: tuple[int, ...], budget: int, what: str
+    data: str, meta_path: str, shape: tuple[int, ...], budget: int, what: str | None
 ) -> tuple[torch.Tensor | DiskImages, dict] | None:
     """(images, record) of a complete entry whose bytes match its checksum (checked once per process); None
-    (with one warning line when the bytes changed) means decode again."""
+    means decode again (with one warning line naming ``what`` when the bytes changed, unless it is None)."""
     meta = _complete(data, meta_path, shape)
     if meta is None:
         return None
@@ -340,7 +333,8 @@ def _verified(
         if _VERIFIED.get(identity) != meta["crc32"]:
             crc = _crc32(images)
             if crc != meta["crc32"]:
-                log.warning("%s: %s does not match its checksum (changed on disk): decoding again", what, data)
+                if what is not None:
+                    log.warning("%s: %s does not match its checksum (changed on disk): decoding again", what, data)
                 return None
             _VERIFIED[identity] = crc
     except (OSError, DataError):
