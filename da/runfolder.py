@@ -319,9 +319,10 @@ def _holder(path: str, recorded: str) -> str:
     """Who holds the lock file ``path``, for the refusal: the live run whose pid it records, or the process that
     still holds it after that run died (a child it forked)."""
     pid = int(recorded.split()[-1]) if recorded.startswith("pid ") and recorded.split()[-1].isdigit() else None
-    if pid is not None and _alive(pid):
+    found = lock_holders(path)  # [] where /proc cannot tell
+    if pid is not None and _alive(pid) and (not found or pid in found):
         return f"in use by another run (pid {pid})"
-    holders = [h for h in lock_holders(path) if h != pid]
+    holders = [h for h in found if h != pid]
     dead = f"the run that took it (pid {pid}) is no longer running" if pid is not None else "its run is gone"
     if holders:
         shown = ", ".join(str(h) for h in holders[:5])
