@@ -141,25 +141,46 @@ def rewrite_report(run_dir: str, device: str = "cpu") -> str:
 
 def _predict(args: argparse.Namespace, rest: list[str]) -> int:
     from da.build import load_run
-    from da.inference import image_files, predict_files, write_predictions_csv
+    from da.escape import terminal
+    from da.inference import check_output, check_run_folder, image_files, predict_readable, write_predictions_csv
+    from da.runfolder import write_text
 
+    out = args.output or "-"
+    listed = None if out == "-" else f"{os.path.splitext(out)[0]}.skipped.txt"  # as training's skipped_files.txt
+    check_run_folder(args.run)
+    for path in (out, listed) if listed else ():
+        check_output(path, args.run)
     files = image_files(args.images)
     run = load_run(args.run, args.device)
-    probs = predict_files(run, files)
-    out = args.output or "-"
+    kept, probs, skipped = predict_readable(run, files)
+    if listed and os.path.isfile(listed):
+        os.remove(listed)  # an earlier prediction's list
+    if skipped:
+        if listed:
+            write_text(listed, "\n".join(skipped) + "\n")
+        else:
+            print("\n".join(f"skipped {terminal(s)}" for s in skipped), file=sys.stderr)
+        print(f"skipped {len(skipped)} unreadable image(s), e.g. {terminal(skipped[0])} (all in "
+              f"{terminal(listed) if listed else 'the lines above'})", file=sys.stderr)  # fmt: skip
+    if not kept:
+        return fail(f"{args.images}: none of its {len(files)} image file(s) is readable")
     if out == "-":
-        write_predictions_csv(sys.stdout, files, probs, run.class_names)
-    else:
+        write_predictions_csv(sys.stdout, kept, probs, run.class_names)
+        return 0
+    try:
         with open(out, "w", newline="") as fh:
-            write_predictions_csv(fh, files, probs, run.class_names)
-        print(f"{len(files)} images -> {out}", file=sys.stderr)
+            write_predictions_csv(fh, kept, probs, run.class_names)
+    except OSError as err:
+        return fail(f"cannot write {out} ({err.strerror or err})")
+    print(f"{len(kept)} images -> {terminal(out)}", file=sys.stderr)
     return 0
 
 
 def _export(args: argparse.Namespace, rest: list[str]) -> int:
     from da.build import load_run
-    from da.inference import export
+    from da.inference import check_run_folder, export
 
+    check_run_folder(args.run)
     run = load_run(args.run, "cpu")
     path, diff = export(run, args.format, args.output)
     prep = run.preprocessing
