@@ -175,7 +175,7 @@ def check_resumable(state: dict[str, Any], signature: dict[str, Any], path: str)
         hint = " (the LR schedule and the reported epoch depend on it)" if "trainer.epochs" in differs else ""
         raise ConfigError(
             f"{path} was written by a run with a different config: {shown}{hint}; "
-            "use another run folder, or trainer.resume=false to start this folder afresh"
+            "use another run folder, or trainer.resume=false to move its run to <run>/replaced/<time>/ and start afresh"
         )
 
 
