@@ -348,10 +348,10 @@ def _crc32(images: torch.Tensor | DiskImages) -> int:
 
     if isinstance(images, torch.Tensor):
         return zlib.crc32(memoryview(images.numpy()).cast("B"))
-    crc = 0
+    crc, block = 0, memoryview(bytearray(64 * 2**20))
     with open(images.path, "rb", buffering=0) as fh:
-        while block := fh.read(64 * 2**20):
-            crc = zlib.crc32(block, crc)
+        while n := fh.readinto(block):
+            crc = zlib.crc32(block[:n], crc)
     return crc
 
 
