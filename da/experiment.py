@@ -26,7 +26,7 @@ from da.data.budget import budget_line
 from da.errors import ConfigError
 from da.evaluate import accuracy, per_class_accuracy
 from da.inference import save_preprocessing
-from da.report import TestPredictions, source_acc_name, write_report
+from da.report import TestPredictions, source_acc_name, try_write, write_report
 from da.results import Results, git_commit, headline_acc, versions
 from da.runfolder import TRAINING, claim_folder, locked_run_dir, read_json, write_json, write_text
 from da.runlog import log_to_run_folder
@@ -142,9 +142,10 @@ def fit(
                 write_text(os.path.join(run_dir, "skipped_files.txt"), "\n".join(task.skipped) + "\n")
             predictions.save(run_dir, data, configs.trainer.save_predictions)  # for choices across runs
             save_preprocessing(run_dir, task, str(cfg.dataset.name))  # load_run / da predict need no dataset
+            write_json(os.path.join(run_dir, "results.json"), results)  # first: a failing page costs no result
             if configs.trainer.report:
-                write_report(run_dir, results, _test_predictions(tgt, src), list(task.class_names))
-            write_json(os.path.join(run_dir, "results.json"), results)
+                preds, names = _test_predictions(tgt, src), list(task.class_names)
+                try_write(write_report, run_dir, results, preds, names, baseline=find_baseline(results, run_dir))
             (log.debug if quiet else log.info)(summary(results, run_dir))
         distributed.barrier()  # the other ranks go on (e.g. from a source stage) once rank 0 has written
     return FitResult(results, run_dir=os.path.abspath(run_dir))
