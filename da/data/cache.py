@@ -34,9 +34,8 @@ from da.runfolder import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-DECODER_VERSION = (
-    2  # bump when decoding or the entry format changes (filter, colour conversion): old entries are not read
-)
+# bump when decoding (filter, colour conversion) or the entry's record changes: old entries are not read
+DECODER_VERSION = 2
 CACHE_DIR = ".da-cache"
 MIN_CACHED_BYTES = 256 * 2**20  # dataset.cache=auto caches decoded sets at least this large (smaller decode fast)
 POOL_MIN_IMAGES = 1000  # fewer images decode faster here than worker processes start (each imports torch)
