@@ -152,15 +152,17 @@ def test_overwritten_bytes_are_detected_and_decoded_again(tmp_path, monkeypatch,
         fh.seek(200)
         fh.write(bytes(64))  # a few bytes of a row zeroed in place; size and mtime kept
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    for budget in (None, 0):  # held in memory, read from disk
+    for budget in (None, 0):  # held in memory (even with the time kept), read from disk (after a later write)
         monkeypatch.setattr(cache, "_VERIFIED", {}, raising=False)  # a new process
         with caplog.at_level("WARNING", logger="da.data.cache"):
             out = decode_paths(paths, [0, 1, 0, 1], ["a", "b"], 8, "t", CacheOptions(opts.root, "true", budget))
         x = out.x.load() if isinstance(out.x, cache.DiskImages) else out.x
         assert torch.equal(x, plain.x)
+        stat = os.stat(data)
         with open(data, "r+b") as fh:
             fh.seek(200)
             fh.write(bytes(64))
+        os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a write a second later
     assert sum("does not match its checksum" in r.getMessage() for r in caplog.records) == 2
 
 

@@ -5,9 +5,10 @@ The key hashes the decoder version (this module's ``DECODER_VERSION`` and Pillow
 path, byte size and modification time: a changed image, list or size is another key. Several jobs starting at
 once are safe: one takes ``<key>.lock`` (flock) and decodes into ``<key>.u8.tmp-<pid>``, renamed into place when
 complete; ``<key>.json`` (the decode failures, the shape, the bytes' CRC-32) is written last, atomically — an
-entry without it, with a malformed one, or whose bytes no longer match the CRC-32 (checked once per process) is
-decoded again. The others wait on the lock, then read the finished file. The workers are spawned: they hold none of
-the run's files and die with it (:func:`_pool`).
+entry without it, with a malformed one, or whose bytes no longer match the CRC-32 (checked once per process; for a
+set read from disk, only when the file's modification time changed) is decoded again. The others wait on the
+lock, then read the finished file. The workers are spawned: they hold none of the run's files and die with it
+(:func:`_pool`).
 
 A cached set that fits the memory budget (``dataset.memory_budget_gb``; default half the machine's memory) is
 read into one in-memory tensor (as an uncached decode would give: the same bytes). One above it stays on disk as
@@ -329,7 +330,9 @@ def _verified(
     try:
         identity = _identity(data)
         images = _open(data, shape, budget)
-        if _VERIFIED.get(identity) != meta["crc32"]:
+        # a set on disk is hashed only when the file changed since its decode: hashing reads it all, at every start
+        unchanged = isinstance(images, DiskImages) and meta.get("mtime_ns") == identity[3]
+        if not unchanged and _VERIFIED.get(identity) != meta["crc32"]:
             crc = _crc32(images)
             if crc != meta["crc32"]:
                 if what is not None:
@@ -375,7 +378,8 @@ def _build(paths: list[str], size: int, data: str, meta_path: str, shape: tuple[
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-    _VERIFIED[_identity(data)] = crc
+    identity = _identity(data)
+    _VERIFIED[identity] = crc
     meta = {
         "shape": list(shape),
         "errors": {str(k): v for k, v in errors.items()},
@@ -383,6 +387,7 @@ def _build(paths: list[str], size: int, data: str, meta_path: str, shape: tuple[
         "decode_seconds": round(time.perf_counter() - start, 3),
         "decoder": DECODER_VERSION,
         "crc32": crc,
+        "mtime_ns": identity[3],
     }
     write_json(meta_path, meta)
     return meta
