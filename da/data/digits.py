@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import marshal
 import os
 import tempfile
 from functools import lru_cache
@@ -134,7 +135,10 @@ def render_key(samples_per_class: int, seed: int) -> str:
     for part in (matplotlib.__version__, PIL.__version__, np.__version__, samples_per_class, seed):
         h.update(f"{part}\0".encode())
     for fn in (render_digits, render_digit, _fit_box):
-        h.update(inspect.getsource(fn).encode())
+        try:
+            h.update(inspect.getsource(fn).encode())
+        except (OSError, TypeError):  # an install without the .py files: the bytecode stands for the code
+            h.update(marshal.dumps(fn.__code__))
     for path in digit_fonts():
         with open(path, "rb") as fh:
             h.update(os.path.basename(path).encode() + b"\0" + hashlib.sha256(fh.read()).digest())
