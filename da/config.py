@@ -94,7 +94,7 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model (first steps slower while it compiles)
     # PyTorch's CPU threads (torch.set_num_threads), whatever OMP_NUM_THREADS says: a CPU kernel sums in a
     # thread-dependent order, so the count is part of a run's numbers; 1: the fastest for the embedded task's small
-    # batches on a small CPU (docs/cli.md); auto: one per core (large backbones on a CPU with many cores)
+    # batches on a small shared CPU (docs/cli.md); auto: one per core (large backbones on a CPU with many cores)
     threads: Any = added(1)
     # steps between host reads of the losses (progress bar, non-finite check, TensorBoard)
     log_every: int = unfingerprinted(25)
