@@ -63,3 +63,14 @@ def tiny_folder(tmp_path_factory):
         "trainer.batch_size=8",
         "backbone=lenet",
     ]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (tens of seconds each) run first, the longest (``seconds=``) first of all: the two
+    workers of ``make test`` then share the short tests at the end instead of one finishing a long test alone."""
+
+    def key(item) -> float:
+        mark = item.get_closest_marker("slow")
+        return 0.0 if mark is None else -float(mark.kwargs.get("seconds", 10))
+
+    items.sort(key=key)  # stable: the order within equal keys stays the collection's

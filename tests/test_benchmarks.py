@@ -58,6 +58,7 @@ def test_suites_load_and_bad_options_fail():
         parse(["suite=digits", "foo=1"])
 
 
+@pytest.mark.slow
 def test_sweep_skips_finished_jobs_and_resumes(tmp_path):
     suite_file = tmp_path / "tiny.yaml"
     suite_file.write_text(

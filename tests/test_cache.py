@@ -210,6 +210,7 @@ def _in_sessions(sessions: set[int], kill: bool = False) -> list[list[str]]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux: flock, process sessions")
 def test_kill_during_decode_leaves_no_worker_and_no_lock(tmp_path, monkeypatch):
     """kill -9 and SIGTERM while the cache's workers decode 2,000 images: no process of the run is left, no lock

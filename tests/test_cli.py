@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from .conftest import TINY, run_cli
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_from_another_directory_and_a_second_run_writes_a_second_folder(tmp_path):
     proc = run_cli(*TINY, "seed=1", "trainer.epochs=1", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
@@ -49,6 +52,7 @@ def test_invalid_value_fails_with_one_line(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_installed_wheel_ships_its_configs(tmp_path):
     """`pip install .` (not editable) works: the configs travel inside the wheel as da/configs."""
     import os

@@ -71,6 +71,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_gradients_of_one_process_on_the_concatenated_batch(tmp_path):
     mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for name in METHODS:
@@ -115,6 +116,7 @@ def _kill_tree(pid: int) -> None:
             time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's ranks through /proc (Linux)")
 def test_torchrun_writes_one_run_folder_and_resumes_after_a_kill(tmp_path):
     run_dir = tmp_path / "run"

@@ -46,6 +46,7 @@ def _numbers(run_dir):
     return results["target_acc"], results["source_acc"], results["per_class_acc"], log
 
 
+@pytest.mark.slow
 def test_joblib_runs_a_suite_two_at_a_time_with_the_sequential_numbers_and_a_rerun_skips_it(tmp_path, capsys):
     import torch
     from threadpoolctl import threadpool_limits

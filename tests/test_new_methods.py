@@ -239,6 +239,7 @@ def _log(run_dir) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_new_methods_resume_after_kill_9_to_the_uninterrupted_run(tmp_path, tiny_folder):
     labels = list(RUNS)
     common = (*tiny_folder, "trainer.epochs=2")  # the 48-image folder task: evaluation costs nothing
@@ -268,6 +269,7 @@ def test_new_methods_resume_after_kill_9_to_the_uninterrupted_run(tmp_path, tiny
         assert json.loads((resumed / "results.json").read_text())["steps"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="torchrun with gloo on Linux")
 def test_new_methods_under_two_rank_ddp_on_a_timm_tiny_vit(tmp_path):
     rc, out = _finish(_driver(tmp_path, None, list(RUNS), "trainer.epochs=2", *TINY_VIT, torchrun=True))
@@ -275,7 +277,7 @@ def test_new_methods_under_two_rank_ddp_on_a_timm_tiny_vit(tmp_path):
     for label in RUNS:
         run = tmp_path / label
         results = json.loads((run / "results.json").read_text())
-        assert results["world_size"] == 2 and results["backbone"] == "test_vit", label
+        assert results["world_size"] == 2 and results["backbone"] == "timm/test_vit", label
         r0 = torch.load(run / "rank0.pt", weights_only=True)
         r1 = torch.load(run / "rank1.pt", weights_only=True)
         weights = [k for k, v in r0.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]

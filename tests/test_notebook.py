@@ -23,6 +23,7 @@ def venv_kernel(tmp_path: Path) -> str:
     return str(tmp_path / "jupyter")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", venv_kernel(tmp_path))

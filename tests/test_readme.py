@@ -96,6 +96,7 @@ def _timings(blocks: list[tuple[str, str]], stdout: str) -> list[str]:
     return out
 
 
+@pytest.mark.slow(seconds=140)
 def test_every_readme_block_runs_verbatim_in_a_fresh_folder(tmp_path, capsys):
     """The quickstart, the how-tos and the Python snippet, in order in one shell, in a folder that holds only what a
     fresh clone gives them (docs/ and the venv, as links): nothing is written into the checkout."""

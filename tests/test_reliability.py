@@ -265,6 +265,7 @@ def test_init_from_a_run_folder_reads_model_pt(tmp_path):
     assert out["init"] == str(tmp_path / "src" / "model.pt")
 
 
+@pytest.mark.slow
 def test_run_log_and_one_line_per_epoch_when_not_a_terminal(tmp_path):
     out = tmp_path / "run"
     proc = run_cli(*TINY, "trainer.progress_bar=true", f"hydra.run.dir={out}", cwd=str(tmp_path))
@@ -299,6 +300,7 @@ def test_tensorboard_is_optional(tmp_path):
     assert len(acc.Scalars("train/loss")) == 8  # every step of 2 epochs x 4 steps
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path):
     args = [*TINY, "trainer.epochs=6", "trainer.steps_per_epoch=25"]
     fit(tiny_cfg(*args[len(TINY) :]), run_dir=str(tmp_path / "a"), quiet=True)  # in process: the CLI's numbers too
@@ -563,6 +565,7 @@ def _torchrun(tmp_path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen([*cmd, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's ranks through /proc (Linux)")
 def test_26_8_kill_9_of_torchrun_alone_stops_its_ranks(tmp_path):
     proc = _torchrun(tmp_path, "trainer.epochs=200", "trainer.steps_per_epoch=5")

@@ -102,6 +102,7 @@ def run_venv(tmp_path_factory):
     return python
 
 
+@pytest.mark.slow
 def test_tiny_tta_stream_in_a_make_run_venv(run_venv, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env |= {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

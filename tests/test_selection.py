@@ -80,6 +80,7 @@ def test_inductive_runs_keep_their_validation_rule(tmp_path):
         fit(tiny_cfg("method=finetune", "selection=snd"), run_dir=str(tmp_path), quiet=True)
 
 
+@pytest.mark.slow
 def test_tiny_optuna_study_maximises_a_label_free_score(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "study"

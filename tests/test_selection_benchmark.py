@@ -20,6 +20,7 @@ def test_weighted_spearman_on_known_rankings():
     assert selection.weighted_spearman(top_right, acc) > selection.weighted_spearman(bottom_right, acc)
 
 
+@pytest.mark.slow
 def test_tiny_selection_suite(tmp_path):
     suite_file = tmp_path / "tiny.yaml"
     suite_file.write_text(

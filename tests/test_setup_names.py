@@ -64,6 +64,15 @@ def test_an_empty_data_root_variable_means_unset(monkeypatch):
     assert compose([]).data_root == "~/data"
 
 
+def test_an_empty_data_root_variable_means_unset_for_test_time_runs(monkeypatch):
+    from da.tta.config import compose as compose_tta
+
+    monkeypatch.setenv("DA_DATA_ROOT", "")
+    assert compose_tta([]).data_root == "~/data"
+    monkeypatch.setenv("DA_DATA_ROOT", "/srv/data")
+    assert compose_tta([]).data_root == "/srv/data"
+
+
 def test_timm_and_torchvision_backbones_of_one_name_are_told_apart():
     from da.backbones import backbone_label
 

@@ -55,6 +55,7 @@ def _start(run_dir, kill: int | None, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_own_step_methods_train_in_bf16_and_resume_after_kill_9(tmp_path, tiny_folder):
     """The uninterrupted runs of the three methods share one process; each is killed in its own process (a kill
     ends the process), the three side by side; one process resumes them all."""
@@ -78,6 +79,7 @@ def test_own_step_methods_train_in_bf16_and_resume_after_kill_9(tmp_path, tiny_f
         assert 0 <= results["target_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_flexmatch_counts_resume_exactly(tmp_path):
     results = _resume_equals_uninterrupted(
         tmp_path,
@@ -92,6 +94,7 @@ def test_flexmatch_counts_resume_exactly(tmp_path):
     assert results["method"] == "fixmatch"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="torchrun with gloo on Linux")
 def test_own_step_methods_under_two_rank_ddp_keep_the_ranks_equal(tmp_path, tiny_folder):
     names = f"methods={','.join(OWN_STEP)}"

@@ -27,6 +27,7 @@ def _resolved(*overrides: str) -> dict:
     return OmegaConf.to_container(compose(list(overrides)), resolve=True)
 
 
+@pytest.mark.slow(seconds=40)
 def test_the_default_command_gives_the_committed_seed0_number_whatever_the_environment(tmp_path):
     """``da train method=dann seed=0`` with OMP_NUM_THREADS unset (torch would take one thread per core) equals
     the committed digits-suite run, which ran single-threaded."""

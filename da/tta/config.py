@@ -53,7 +53,7 @@ class TTARunConfig:
     init: str = "source"
     source: list[str] = field(default_factory=lambda: list(SOURCE_STAGE))  # init=source: da.run overrides
     device: str = "auto"  # auto = CUDA, then MPS, then CPU
-    data_root: str = "${oc.env:DA_DATA_ROOT,'~/data'}"  # where CIFAR-10-C/ lives (env DA_DATA_ROOT)
+    data_root: str = "${da.data_root:}"  # where CIFAR-10-C/ lives: $DA_DATA_ROOT (set, not empty), else ~/data
     run_dir: str | None = None  # null: outputs/tta/<data>/<protocol>/<method>/seed<seed>_<time>
     collapse_fraction: float = 0.85  # warn when a window's predicted-class entropy falls below this × its peak
     quiet: bool = False  # no progress lines
