@@ -1,4 +1,4 @@
-"""Choosing among finished runs without target labels (issue 24): cross-run rules, ``da select``, ``da portfolio``.
+"""Choosing among finished runs without target labels: cross-run rules, ``da select``, ``da portfolio``.
 
 A user with a new shift trains several methods and settings and must pick one without target labels. Every run
 saves the label-free predictions of its reported weights (``predictions.npz``, :mod:`da.predictions`); the rules

@@ -38,7 +38,7 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: f
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
-# ---------------------------------------------------------------- transductive adaptation (issue 3)
+# ---------------------------------------------------------------- transductive adaptation
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -180,7 +180,7 @@ def bnm(logits_t: torch.Tensor) -> torch.Tensor:
     return -torch.linalg.matrix_norm(p, ord="nuc") / p.shape[0]
 
 
-# ---------------------------------------------------------------- unsupervised transfer (issue 5)
+# ---------------------------------------------------------------- unsupervised transfer
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -217,7 +217,7 @@ def information_maximization(logits: torch.Tensor, epsilon: float = 1e-5) -> tor
     return entropy(logits.float()) - diversity
 
 
-# ---------------------------------------------------------------- inductive transfer (issue 4)
+# ---------------------------------------------------------------- inductive transfer
 
 
 def l2_sp(
@@ -248,7 +248,7 @@ def l1_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return sum(w.abs().sum() for w in params)
 
 
-# ---------------------------------------------------------------- collapse-safe self-training (issue 15)
+# ---------------------------------------------------------------- collapse-safe self-training
 
 
 def align_distribution(probs_t: torch.Tensor, marginal_s: torch.Tensor, marginal_t: torch.Tensor) -> torch.Tensor:
@@ -293,7 +293,7 @@ def flexmatch_thresholds(learned: torch.Tensor, num_classes: int, threshold: flo
     return beta / (2.0 - beta) * threshold  # (K,)
 
 
-# ---------------------------------------------------------------- today's methods (issue 21)
+# ---------------------------------------------------------------- today's methods
 
 
 def _shift_log(x: torch.Tensor, offset: float = 1e-6) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """``predictions.npz``: a finished run's label-free predictions of its reported weights.
 
 Written at the end of every run (``trainer.save_predictions``: ``all``, ``logits`` or ``none``) so that a choice
-across runs (issue 24's cross-run rules) re-runs no model. It holds exactly what a label-free validator may read
+across runs (da select's cross-run rules) re-runs no model. It holds exactly what a label-free validator may read
 (:class:`da.validators.ValidationData`): logits (and, with ``all``, features) on the unlabelled target training
 split under the evaluation transform, and for a method that uses source data the same on the labelled source
 validation split with its labels. Target labels are never written here. Arrays are float16 (labels int64), or

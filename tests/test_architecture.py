@@ -46,3 +46,20 @@ def test_no_document_names_a_missing_file():
             if not os.path.exists(os.path.join(ROOT, name)):
                 dangling.append(f"{os.path.relpath(doc, ROOT)}: {name}")
     assert not dangling, dangling
+
+
+def test_code_and_benchmarks_carry_no_issue_numbers():
+    """History lives in CHANGELOG.md and the issue notes: no file under da/ or benchmarks/ cites an issue number
+    (``grep -rn "issue [0-9]" da/ benchmarks/``)."""
+    found = []
+    for folder in ("da", "benchmarks"):
+        for path in glob.glob(os.path.join(ROOT, folder, "**", "*"), recursive=True):
+            if not os.path.isfile(path) or path.endswith((".pyc", ".png", ".npz", ".pt")):
+                continue
+            with open(path, errors="replace") as fh:
+                found += [
+                    f"{os.path.relpath(path, ROOT)}:{i}"
+                    for i, line in enumerate(fh, 1)
+                    if re.search(r"issue [0-9]", line)
+                ]
+    assert not found, found

@@ -54,7 +54,7 @@ def _build_digits(cfg: DigitsConfig, seed: int, data_root: str) -> Task:
 
 DATASETS.register("digits")(DatasetEntry(DigitsConfig, _build_digits))
 
-# Real data (issue 6): each module holds its typed config and builder.
+# Real data: each module holds its typed config and builder.
 from da.data.folder import FolderConfig, build_folder  # noqa: E402
 from da.data.mnist_usps import MnistUspsConfig, build_mnist_usps  # noqa: E402
 from da.data.office31 import Office31Config, build_office31  # noqa: E402
@@ -63,7 +63,7 @@ DATASETS.register("mnist_usps")(DatasetEntry(MnistUspsConfig, build_mnist_usps))
 DATASETS.register("office31")(DatasetEntry(Office31Config, build_office31))
 DATASETS.register("folder")(DatasetEntry(FolderConfig, build_folder))
 
-# Today's benchmarks (issue 22): official layouts and lists, manifests (da/data/listed.py, da/data/digit5.py).
+# Today's benchmarks: official layouts and lists, manifests (da/data/listed.py, da/data/digit5.py).
 from da.data.digit5 import Digit5Config, SvhnConfig, build_digit5, build_svhn  # noqa: E402
 from da.data.listed import (  # noqa: E402
     DomainNetConfig,
