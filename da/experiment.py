@@ -169,7 +169,7 @@ def claim_training(signature: dict[str, Any], resume: bool):
 
 
 class FitResult(dict):
-    """What :func:`fit` returns: results.json's content (a dict, as before) and ``run_dir``, the run folder."""
+    """What :func:`fit` returns: results.json's content (a dict) and ``run_dir``, the run folder."""
 
     def __init__(self, results: dict[str, Any], run_dir: str) -> None:
         super().__init__(results)
