@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-run run test lint format clean paper tables docs benchmark-digits screenshot
+.PHONY: install install-run run test test-fast lint format clean paper tables docs benchmark-digits screenshot
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: install
 # other processes the tests start read the .pyc instead of compiling da and the uncompiled install again.
 test: lint
 	env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal
+
+# the same without the tests marked slow (whole runs of tens of seconds, several processes): while editing
+test-fast: lint
+	env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal -m "not slow"
 
 paper: install
 	$(PY) paper/build.py
