@@ -3,7 +3,8 @@
 ``da report FOLDER`` and the end of a ``-m`` sweep (:class:`da.report.SweepSummary`) write ``summary.md``,
 ``summary.csv`` and ``summary.png`` (training runs) and, when the folder holds test-time runs, their own table
 (``summary_tta.csv``, a second table in summary.md). Runs are one row when their configs are equal up to the seed
-and the keys that change no number (:func:`da.config.unfingerprinted`); where rows of one task and method differ,
+and the keys that change no number (:func:`da.config.unfingerprinted`), ``init`` up to the run's own seed, and a
+key an older run lacks taken as the one value the others share; where rows of one task and method differ,
 the ``overrides`` column names the keys that tell them apart (``trainer.lr=0.01``). A folder whose results.json
 cannot be read as a finished run is skipped with a note, never a traceback.
 """
@@ -15,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -89,26 +91,49 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def _group(runs: list[dict[str, Any]], keys: tuple[str, ...], drop: tuple[str, ...]) -> list[list[dict[str, Any]]]:
     """Runs in groups of one setting (``keys`` and the config up to ``drop``), each group's ``_overrides`` set:
     the ``key=value`` pairs where it differs from the other groups sharing its ``keys``."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    heads: dict[tuple, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for r in runs:
         head = tuple(json.dumps(_label(r, k), default=str) for k in keys)
-        body = json.dumps(setting(r.get("config"), drop), sort_keys=True, default=str)
-        groups.setdefault((head, body), []).append(r)
-    by_head: dict[tuple, list[tuple]] = {}
-    for key in groups:
-        by_head.setdefault(key[0], []).append(key)
-    overrides = {}
-    for members in by_head.values():
-        flat = {key: flatten(json.loads(key[1])) for key in members}
-        differ = sorted({k for f in flat.values() for k in f if len({json.dumps(g.get(k)) for g in flat.values()}) > 1})
-        for key in members:
-            overrides[key] = " ".join(f"{k}={_value(flat[key].get(k, '-'))}" for k in differ)
+        heads.setdefault(head, []).append((r, _comparable(r.get("config"), drop)))
     out = []
-    for key, members in sorted(groups.items(), key=lambda kv: (kv[0][0], overrides[kv[0]])):
-        for r in members:
-            r["_overrides"] = overrides[key]
-        out.append(members)
+    for head in sorted(heads):
+        _fill_missing([flat for _, flat in heads[head]])
+        groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+        for r, flat in heads[head]:
+            groups.setdefault(json.dumps(flat, sort_keys=True), []).append((r, flat))
+        flats = [members[0][1] for members in groups.values()]
+        differ = sorted({k for f in flats for k in f if len({json.dumps(g.get(k, "-")) for g in flats}) > 1})
+        labelled = []
+        for members in groups.values():
+            flat = members[0][1]
+            labelled.append((" ".join(f"{k}={_value(flat.get(k, '-'))}" for k in differ), [r for r, _ in members]))
+        for overrides, members in sorted(labelled, key=lambda kv: kv[0]):
+            for r in members:
+                r["_overrides"] = overrides
+            out.append(members)
     return out
+
+
+def _comparable(config: Any, drop: tuple[str, ...]) -> dict[str, Any]:
+    """A run's :func:`setting`, flattened to dotted keys with JSON values; ``init`` with the run's own seed masked
+    (``.../seed1`` -> ``.../seed*``): the seed-matched source runs of one sweep are one setting."""
+    flat = flatten(json.loads(json.dumps(setting(config, drop), default=str)))
+    seed = config.get("seed") if isinstance(config, dict) else None
+    if isinstance(flat.get("init"), str) and _number(seed):
+        pattern = rf"(^|/)(seed[-_=]?){int(seed)}(?=/|$)"
+        flat["init"] = re.sub(pattern, r"\1\2*", flat["init"].rstrip("/"))
+    return flat
+
+
+def _fill_missing(flats: list[dict[str, Any]]) -> None:
+    """A key that some runs' configs lack (written before the key existed) takes the one value the others share;
+    where they hold several values it stays missing and tells those runs apart."""
+    for key in {k for f in flats for k in f}:
+        values = {json.dumps(f[key]) for f in flats if key in f}
+        if len(values) == 1:
+            value = next(f[key] for f in flats if key in f)
+            for f in flats:
+                f.setdefault(key, value)
 
 
 def _label(r: dict[str, Any], key: str) -> Any:

@@ -1,0 +1,62 @@
+"""Folder summaries pool the seeds of one setting: seed-matched source runs (``init``) and keys an older run's
+config lacks do not split a row; a real difference (another source setting, two values of a new key) still does.
+
+Every run is a hand-made results.json: no training.
+"""
+
+from __future__ import annotations
+
+import json
+
+from da.summary import summarise
+
+
+def _run(root, name: str, acc: float, seed: int, init: str | None = None, **trainer) -> None:
+    config = {
+        "method": {"name": "shot"},
+        "backbone": {"name": "lenet"},
+        "dataset": {"name": "folder", "root": "/data/a", "source": "src", "target": "tgt"},
+        "seed": seed,
+        "trainer": {"epochs": 2, "lr": 0.01, **trainer},
+    }
+    if init is not None:
+        config["init"] = init
+    r = {"dataset": "folder", "source": "src", "target": "tgt", "method": "shot", "backbone": "lenet"}
+    r.update(seed=seed, epochs=2, target_acc=acc, source_acc=0.9, config=config)
+    (root / name).mkdir(parents=True)
+    (root / name / "results.json").write_text(json.dumps(r))
+
+
+def _rows(root) -> dict[str, tuple[int, str]]:
+    return {r["overrides"]: (r["runs"], r["seeds"]) for r in summarise(str(root))}
+
+
+def test_seed_matched_source_runs_are_one_setting(tmp_path):
+    """Each seed starts from its own seed's source run: one row of three seeds; another source setting is its own."""
+    for seed in range(3):
+        _run(tmp_path, f"a{seed}", 0.5 + seed / 10, seed, init=f"/sweep/source_only/lr0.01/seed{seed}")
+    _run(tmp_path, "b0", 0.2, 0, init="/sweep/source_only/lr0.03/seed0")
+    assert _rows(tmp_path) == {
+        "init=/sweep/source_only/lr0.01/seed*": (3, "0,1,2"),
+        "init=/sweep/source_only/lr0.03/seed*": (1, "0"),
+    }
+
+
+def test_a_key_an_older_run_lacks_does_not_split_its_seeds(tmp_path):
+    """Seed 0 was written before trainer.eval_every existed, seeds 1 and 2 set it: one row of three seeds."""
+    _run(tmp_path, "s0", 0.7, 0)
+    _run(tmp_path, "s1", 0.3, 1, eval_every=1)
+    _run(tmp_path, "s2", 0.3, 2, eval_every=1)
+    assert _rows(tmp_path) == {"": (3, "0,1,2")}
+
+
+def test_two_values_of_a_new_key_stay_apart(tmp_path):
+    """Where the runs that have the key hold two values, a run without it is a third setting."""
+    _run(tmp_path, "s0", 0.7, 0)
+    _run(tmp_path, "s1", 0.3, 1, eval_every=1)
+    _run(tmp_path, "s2", 0.3, 2, eval_every=2)
+    assert _rows(tmp_path) == {
+        "trainer.eval_every=-": (1, "0"),
+        "trainer.eval_every=1": (1, "1"),
+        "trainer.eval_every=2": (1, "2"),
+    }
