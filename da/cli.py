@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 EPILOG = """examples:
-  da train                                   # DANN on the embedded digits task (no download)
+  da train                                   # MCC (the default method) on the embedded digits task (no download)
   da train method=source_only seed=1         # any key=value override of the config
   da train -m method=source_only,dann seed=0,1,2   # a sweep; ends with a summary table and chart
   da tta method=tent severity=5              # test-time adaptation on corrupted digits (da tta --help: every key)

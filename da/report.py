@@ -197,7 +197,8 @@ def integer_ticks(ax, span: tuple[float, float] | None = None) -> None:
     if span is not None and np.isfinite(span).all():
         pad = max(0.5, 0.03 * (span[1] - span[0]))
         ax.set_xlim(span[0] - pad, span[1] + pad)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # min_n_ticks=1: with one whole number in view (one epoch) the default 2 falls back to fractional ticks
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _span(rows: list[dict[str, float]]) -> tuple[float, float]:
