@@ -263,10 +263,33 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+HELP_WIDTH = 113  # the widest line of HELP
+KEY_COLUMN = 34
+
+
 def _line(key: str, value: Any, comment: str = "") -> str:
+    """``  key=value   comment``, wrapped at HELP_WIDTH under the comment column; a value too long for its column
+    (a list) broken after its commas, with the comment on the lines below it."""
+    import textwrap
+
     text = f"  {key}={_value(value)}"
-    comment = comment if len(comment) <= 100 else comment[:99].rstrip() + "…"
-    return f"{text:<34} {comment}".rstrip() if comment else text
+    indent = " " * (KEY_COLUMN + 1)
+    if len(text) > KEY_COLUMN:
+        parts = re.findall(r"[^,]+,?", text)
+        rows = [""]
+        for part in parts:
+            if rows[-1] and len(rows[-1]) + len(part) > HELP_WIDTH:
+                rows.append("      ")
+            rows[-1] += part
+        text = "\n".join(rows)
+        return text + (
+            "\n" + textwrap.fill(comment, HELP_WIDTH, initial_indent=indent, subsequent_indent=indent)
+            if comment
+            else ""
+        )
+    if not comment:
+        return text
+    return textwrap.fill(f"{text:<{KEY_COLUMN}} {comment}", HELP_WIDTH, subsequent_indent=indent)
 
 
 def help_text() -> str:
