@@ -314,12 +314,16 @@ def _target(r: dict[str, Any]) -> str:
 
 
 def find_baseline(results: dict[str, Any], run_dir: str) -> tuple[dict[str, Any], str] | None:
-    """A source_only run comparable with ``results``: its config equal but for the method keys (the same dataset
-    config, backbone, seed, trainer budget, ...), found in a sibling run folder (a multirun sweep) or in
+    """A source_only run comparable with ``results``: the one ``init`` names (the model the run started from), else
+    one whose config is equal but for the method keys (the same dataset config, backbone, seed, trainer budget,
+    ...), found in a sibling run folder (a multirun sweep) or in
     ``../../source_only/*`` (the default ``outputs/`` layout). Of several, the first by folder path: the line
     does not depend on which run was written last."""
     if results.get("method") == "source_only":
         return None
+    started_from = _init_run(results)
+    if started_from is not None:
+        return started_from
     parent = os.path.dirname(os.path.abspath(run_dir))
     candidates = glob.glob(os.path.join(parent, "*", "results.json"))
     candidates += glob.glob(os.path.join(os.path.dirname(parent), "source_only", "*", "results.json"))
@@ -334,6 +338,19 @@ def find_baseline(results: dict[str, Any], run_dir: str) -> tuple[dict[str, Any]
         ):
             return other, os.path.dirname(path)
     return None
+
+
+def _init_run(results: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """The finished source_only run folder that ``init`` names (the model a source-free run starts from), if it
+    is one: its config differs from the run's in ``init`` itself, so the sibling search never finds it."""
+    init = (results.get("config") or {}).get("init")
+    if not isinstance(init, str) or not os.path.isdir(init):
+        return None
+    other = read_json(os.path.join(init, "results.json"))
+    if not isinstance(other, dict) or other.get("method") != "source_only" or other.get("target_acc") is None:
+        return None
+    same = ("dataset", "source", "target", "backbone")
+    return (other, os.path.abspath(init)) if all(other.get(k) == results.get(k) for k in same) else None
 
 
 def _without_method(config: dict[str, Any]) -> dict[str, Any]:
