@@ -305,13 +305,21 @@ def mpl_text(value: Any) -> str:
 
 
 def _chart(folder: str, rows: list[dict[str, Any]], runs: int) -> None:
+    """One horizontal bar per row, its label (method, task, overrides) wrapped beside it: the plot keeps its size
+    however long the overrides are."""
+    import textwrap
+
     plt = pyplot()
-    labels = [mpl_text(f"{r['method']}\n{r['source']}→{r['target']}\n{r['overrides']}".strip()) for r in rows]
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(rows) + 2), 4.5))
+    labels = [
+        "\n".join(textwrap.wrap(mpl_text(f"{r['method']}  {r['source']}→{r['target']}  {r['overrides']}".strip()), 60))
+        for r in rows
+    ]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.22 * lines + 0.1 * len(rows)), layout="constrained")
     err = [r["target_std"] or 0.0 for r in rows]
-    ax.bar(range(len(rows)), [r["target_acc"] for r in rows], yerr=err, capsize=3, color="tab:blue")
-    ax.set_xticks(range(len(rows)), labels, fontsize=9, rotation=45 if len(rows) > 8 else 0)
-    ax.set(title=f"Target test accuracy, {runs} runs (± std over seeds)", ylabel="accuracy (%)")
-    fig.tight_layout()
+    ax.barh(range(len(rows)), [r["target_acc"] for r in rows], xerr=err, capsize=3, color="tab:blue")
+    ax.set_yticks(range(len(rows)), labels, fontsize=9)
+    ax.invert_yaxis()  # the table's order, top to bottom
+    ax.set(title=f"Target test accuracy, {runs} runs (± std over seeds)", xlabel="accuracy (%)", xlim=(0, 100))
     atomic_write(os.path.join(folder, "summary.png"), lambda fh: fig.savefig(fh, format="png", dpi=90))
     plt.close(fig)

@@ -60,3 +60,17 @@ def test_two_values_of_a_new_key_stay_apart(tmp_path):
         "trainer.eval_every=1": (1, "1"),
         "trainer.eval_every=2": (1, "2"),
     }
+
+
+def test_the_chart_keeps_its_bars_readable_beside_long_overrides(tmp_path):
+    """Rows told apart by long overrides: the bars still fill most of summary.png's height, not a strip above
+    the labels."""
+    from da.summary import pyplot, write_summary
+
+    for i in range(10):
+        _run(tmp_path, f"lr{i}", 0.5, 0, init=f"/a/long/path/to/the/source/runs/of/this/sweep/lr{i}/seed0", lr=i + 1)
+    write_summary(str(tmp_path))
+    image = pyplot().imread(str(tmp_path / "summary.png"))[..., :3]
+    blue = (abs(image - [0.122, 0.467, 0.706]) < 0.02).all(axis=-1)  # tab:blue, the bars' colour
+    rows = blue.any(axis=1).nonzero()[0]
+    assert rows.max() - rows.min() > 0.5 * len(image), (rows.min(), rows.max(), len(image))
