@@ -28,7 +28,7 @@ class Entry:
 
 
 def _first_line(text: str | None, limit: int = 110) -> str:
-    """The first sentence of ``text``'s first paragraph, at most ``limit`` characters."""
+    """The first sentence of ``text``'s first paragraph, at most ``limit`` characters (cut after a whole word)."""
     para = []
     for line in (text or "").strip().splitlines():
         if not line.strip():
@@ -37,7 +37,10 @@ def _first_line(text: str | None, limit: int = 110) -> str:
     joined = " ".join(para).replace("``", "")  # reST literals read as plain words on a terminal
     end = re.search(r"(?<! al)(?<! e\.g)(?<! i\.e)(?<! sec)\. ", joined)
     sentence = joined[: end.start() + 1] if end else joined
-    return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
+    if len(sentence) <= limit:
+        return sentence
+    cut = sentence[:limit].rsplit(" ", 1)[0]  # at a word's end: a cut name or arXiv number would read as whole
+    return cut.rstrip(" ,;:(") + " …"
 
 
 def _yaml_header(path: str) -> str:
