@@ -96,7 +96,7 @@ def _report(args: argparse.Namespace, rest: list[str]) -> int:
     print(table, end="")
     written = "summary.md (+ .csv, .png)" if any("target_acc" in r for r in rows) else "summary.md (+ summary_tta.csv)"
     print(f"summary of {sum(r['runs'] for r in rows)} runs: {terminal(os.path.join(folder, written))}")
-    missing = [r for r in _runs(folder) if not os.path.isfile(os.path.join(r, REPORT))]
+    missing = [r for r in _runs(folder) if not os.path.isfile(os.path.join(r, REPORT)) and _page_possible(r)]
     if missing:
         print(f"{len(missing)} run(s) have no {REPORT}: `da report <run>` writes one")
     return 0
@@ -107,6 +107,15 @@ def _runs(folder: str) -> list[str]:
     from da.summary import find_runs, read_results
 
     return [r for r in find_runs(folder) if read_results(r)[0] is not None]
+
+
+def _page_possible(run_dir: str) -> bool:
+    """Whether ``da report`` can write the run's page: a test-time run's comes from its files, a training run's
+    needs its model.pt (committed benchmark runs keep none)."""
+    from da.summary import is_test_time, read_results
+
+    results = read_results(run_dir)[0]
+    return results is not None and (is_test_time(results) or os.path.isfile(os.path.join(run_dir, "model.pt")))
 
 
 def rewrite_report(run_dir: str, device: str = "cpu") -> str:
@@ -123,6 +132,11 @@ def rewrite_report(run_dir: str, device: str = "cpu") -> str:
         from da.tta.report import write_test_time_report
 
         return write_test_time_report(run_dir, results)
+    if not _page_possible(run_dir) and read_results(run_dir)[0] is not None:
+        raise ConfigError(
+            f"{terminal(run_dir)}: a finished run without its model.pt (its weights were not kept): report.html is"
+            " drawn from the model's test predictions; its numbers are in results.json"
+        )
     import torch
 
     from da.build import load_run
