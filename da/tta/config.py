@@ -122,6 +122,12 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         match = re.match(r"Could not override '([^']+)'", lines[0] if lines else "")
         if match:
             raise ConfigError(_unknown_key(match.group(1), overrides)) from err
+        merging = re.match(r"Error merging override (\S+?)=", lines[0] if lines else "")
+        cause = err.__cause__
+        while cause is not None and cause.__cause__ is not None:  # the schema's refusal, e.g. not an integer
+            cause = cause.__cause__
+        if merging and cause is not None and str(cause).strip():
+            raise ConfigError(f"invalid value for {merging.group(1)}: {str(cause).strip().splitlines()[0]}") from err
         raise ConfigError(" ".join(lines[:2]) or type(err).__name__) from err
     finally:
         GlobalHydra.instance().clear()
