@@ -155,7 +155,7 @@ def _seeds(runs: list[dict[str, Any]]) -> str:
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
     v = np.asarray(values, dtype=np.float64)
-    return round(float(v.mean()), 2), round(float(v.std(ddof=1)), 2) if len(v) > 1 else None
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None
 
 
 def collect(folder: str) -> tuple[list[dict], list[dict], list[str]]:
@@ -191,7 +191,7 @@ def training_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "epochs": ",".join(sorted({str(r.get("epochs")) for r in group})),
                 "target_acc": mean,
                 "target_std": std,
-                "source_acc": round(float(np.mean(s)), 2) if s else None,
+                "source_acc": float(np.mean(s)) if s else None,
             }
         )
     return rows
@@ -264,7 +264,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)
+    writer.writerows({k: csv_cell(round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
     return buf.getvalue()
 
 

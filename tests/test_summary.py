@@ -74,3 +74,13 @@ def test_the_chart_keeps_its_bars_readable_beside_long_overrides(tmp_path):
     blue = (abs(image - [0.122, 0.467, 0.706]) < 0.02).all(axis=-1)  # tab:blue, the bars' colour
     rows = blue.any(axis=1).nonzero()[0]
     assert rows.max() - rows.min() > 0.5 * len(image), (rows.min(), rows.max(), len(image))
+
+
+def test_the_table_rounds_once(tmp_path):
+    """A std of 4.4457 reads 4.4, as the README's tables print it; rounding to 0.01 first gave 4.45, then 4.5."""
+    from da.summary import write_summary
+
+    for seed, correct in enumerate((400, 443, 440)):  # of 540 target images
+        _run(tmp_path, f"s{seed}", correct / 540, seed)
+    table, _ = write_summary(str(tmp_path))
+    assert "| 79.2 ± 4.4 |" in table, table
