@@ -249,9 +249,13 @@ def summary_markdown(rows: list[dict[str, Any]], tta_rows: list[dict[str, Any]] 
         out = _table(head, cells)
     if tta_rows:
         extra = any(r["overrides"] for r in tta_rows)
-        head = ["method", "protocol", "data", "severity", *(["overrides"] if extra else []), "runs (seeds)"]
+        models = {f"{r['dataset']}, {r['backbone']}" for r in tta_rows}  # shown where rows differ in it
+        head = ["method", "protocol", "data", "severity", *(["source model"] if len(models) > 1 else [])]
+        head += [*(["overrides"] if extra else []), "runs (seeds)"]
         cells = [
-            [r["method"], r["protocol"], r["data"], r["severity"], *([r["overrides"]] if extra else [])]
+            [r["method"], r["protocol"], r["data"], r["severity"]]
+            + ([f"{r['dataset']}, {r['backbone']}"] if len(models) > 1 else [])
+            + ([r["overrides"]] if extra else [])
             + [f"{r['runs']} ({r['seeds']})", _pm(r["mean_error"], r["error_std"])]
             for r in tta_rows
         ]

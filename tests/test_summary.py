@@ -84,3 +84,19 @@ def test_the_table_rounds_once(tmp_path):
         _run(tmp_path, f"s{seed}", correct / 540, seed)
     table, _ = write_summary(str(tmp_path))
     assert "| 79.2 ± 4.4 |" in table, table
+
+
+def test_test_time_rows_of_two_source_models_read_apart(tmp_path):
+    """Two backbones adapted the same way are two rows, and the table says which is which (a source model column
+    where the rows differ in it)."""
+    from da.summary import write_summary
+
+    for backbone, error in (("lenet", 0.3), ("resnet18", 0.2)):
+        r = {"kind": "test_time", "method": "tent", "protocol": {"name": "continual"}, "data": "digits_c"}
+        r.update(severity=5, seed=0, mean_error=error, dataset="digits", backbone=backbone)
+        r["config"] = {"method": {"name": "tent"}, "seed": 0, "init": f"/runs/{backbone}/seed0"}
+        (tmp_path / backbone).mkdir()
+        (tmp_path / backbone / "results.json").write_text(json.dumps(r))
+    table, _ = write_summary(str(tmp_path))
+    rows = [line for line in table.splitlines() if line.startswith("| tent ")]
+    assert len(rows) == 2 and len(set(rows)) == 2 and "lenet" in table and "resnet18" in table, table
