@@ -101,7 +101,7 @@ def _stream_curve(plt, rows: list[dict[str, str]], title: str):
         top.tick_params(labelsize=8)
     integer_ticks(ax)
     ax.set(xlabel="batch", ylabel="error (%)", ylim=(0, 100))
-    ax.legend(loc="upper right")
+    ax.legend(loc="best")  # the curves run along the top where the errors are high
     ax.set_title(f"{title}: online error along the stream")
     fig.tight_layout()
     return fig
