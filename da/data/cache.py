@@ -213,6 +213,27 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),))
 
 
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """While workers start: a spawned worker imports this module only, never the parent's ``__main__`` again."""
+    # A script that trains at its top level (no ``if __name__ == "__main__":``) would run again in every worker,
+    # which then waits forever on the cache entry the parent holds; multiprocessing prepares a spawned child's
+    # main from these two attributes (multiprocessing.spawn.get_preparation_data).
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
 def _stop(pool: ProcessPoolExecutor) -> None:
     """Stop the workers now (an interrupted decode): queued chunks are dropped, running ones killed."""
     pool.shutdown(wait=False, cancel_futures=True)
@@ -244,8 +265,9 @@ def decode_to_file(paths: list[str], size: int, path: str, workers: int | None =
     else:
         pool = _pool(workers)
         try:
-            for part in pool.map(_decode_rows, jobs):
-                errors.update(part)
+            with _main_not_rerun():
+                for part in pool.map(_decode_rows, jobs):
+                    errors.update(part)
         except BaseException:  # Ctrl-C, SIGTERM, a broken worker: no worker outlives the decode
             _stop(pool)
             raise
