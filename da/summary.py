@@ -118,11 +118,50 @@ def _comparable(config: Any, drop: tuple[str, ...]) -> dict[str, Any]:
     """A run's :func:`setting`, flattened to dotted keys with JSON values; ``init`` with the run's own seed masked
     (``.../seed1`` -> ``.../seed*``): the seed-matched source runs of one sweep are one setting."""
     flat = flatten(json.loads(json.dumps(setting(config, drop), default=str)))
+    if isinstance(config, dict) and isinstance(config.get("trainer"), dict):  # a training run's config
+        for key, default in _added_defaults(config).items():
+            flat.setdefault(key, json.loads(json.dumps(default, default=str)))
     seed = config.get("seed") if isinstance(config, dict) else None
     if isinstance(flat.get("init"), str) and _number(seed):
         pattern = rf"(^|/)(seed[-_=]?){int(seed)}(?=/|$)"
         flat["init"] = re.sub(pattern, r"\1\2*", flat["init"].rstrip("/"))
     return flat
+
+
+def _added_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys declared with :func:`da.config.added` and their defaults: the fingerprint leaves such a key
+    out at its default, and a run that predates it computed what the default computes."""
+    from da.config import RunConfig, section_classes
+    from da.errors import ConfigError
+
+    classes: dict[str, type] = {"": RunConfig}
+    for key in ("method", "backbone", "dataset"):
+        try:
+            cls = section_classes({key: config.get(key)}).get(key)
+        except ConfigError:
+            continue
+        if cls is not None:
+            classes[f"{key}."] = cls
+    out: dict[str, Any] = {}
+    for prefix, cls in classes.items():
+        out.update(_defaults_of(cls, prefix))
+    return out
+
+
+def _defaults_of(cls: type, prefix: str) -> dict[str, Any]:
+    import typing
+    from dataclasses import fields, is_dataclass
+
+    from da.config import DEFAULT_ONLY, FINGERPRINT
+
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.metadata.get(FINGERPRINT, True) == DEFAULT_ONLY:
+            out[prefix + f.name] = f.default
+        elif is_dataclass(hints.get(f.name)):
+            out.update(_defaults_of(hints[f.name], f"{prefix}{f.name}."))
+    return out
 
 
 def _fill_missing(flats: list[dict[str, Any]]) -> None:

@@ -100,3 +100,12 @@ def test_test_time_rows_of_two_source_models_read_apart(tmp_path):
     table, _ = write_summary(str(tmp_path))
     rows = [line for line in table.splitlines() if line.startswith("| tent ")]
     assert len(rows) == 2 and len(set(rows)) == 2 and "lenet" in table and "resnet18" in table, table
+
+
+def test_a_key_left_out_at_its_default_is_not_filled_in(tmp_path):
+    """trainer.threads is left out of the fingerprint at its default (1), not missing: 1 and 4 are two settings,
+    and a run that predates the key computed what 1 computes."""
+    _run(tmp_path, "s0", 0.7, 0, threads=1)
+    _run(tmp_path, "s1", 0.3, 1, threads=4)
+    _run(tmp_path, "s2", 0.3, 2)
+    assert _rows(tmp_path) == {"trainer.threads=1": (2, "0,2"), "trainer.threads=4": (1, "1")}
