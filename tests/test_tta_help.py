@@ -23,3 +23,16 @@ def test_a_value_of_the_wrong_type_is_named_with_why():
 
     with pytest.raises(ConfigError, match=r"invalid value for severity: .*'abc'.*Integer"):
         compose(["severity=abc"])
+
+
+def test_init_of_a_test_time_run_names_its_source_stage(tmp_path, capsys):
+    """`da tta init=<a test-time run>`: one line naming the source model that run adapted (its source_stage)."""
+    from da.tta.__main__ import main as tta_main
+
+    stage = tmp_path / "tta" / "source_stage"
+    stage.mkdir(parents=True)
+    (stage / "model.pt").write_bytes(b"")
+    (stage / "config.yaml").write_text("method: {name: source_only}\n")
+    (tmp_path / "tta" / "config.yaml").write_text("method: {name: tent}\n")
+    assert tta_main([f"init={tmp_path / 'tta'}", "device=cpu"]) == 2
+    assert f"init={stage}" in capsys.readouterr().err

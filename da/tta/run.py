@@ -75,6 +75,9 @@ def check_source(c: TTAConfigs) -> None:
         return
     folder = os.path.expanduser(c.run.init)
     if not os.path.isfile(os.path.join(folder, "model.pt")) or not os.path.isfile(os.path.join(folder, "config.yaml")):
+        stage = os.path.join(folder, "source_stage")
+        if os.path.isfile(os.path.join(stage, "model.pt")):  # a test-time run: the model it adapted is its stage's
+            raise ConfigError(f"init={c.run.init}: a test-time run; the source model it adapted is init={stage}")
         raise ConfigError(f"init={c.run.init}: not a finished run folder (no model.pt and config.yaml); or init=source")
     dataset = OmegaConf.select(OmegaConf.load(os.path.join(folder, "config.yaml")), "dataset.name")
     if dataset is not None:
