@@ -51,6 +51,7 @@ import torch
 from da import predictions
 from da.errors import ConfigError
 from da.escape import terminal
+from da.runfolder import REPLACED_DIR
 from da.validators import VALIDATORS, ValidationData, domain_weights, score_all, subsample_index
 
 LABEL_FREE_KEYS = (
@@ -207,8 +208,12 @@ def label_free(results: dict) -> dict:
     return {k: results[k] for k in LABEL_FREE_KEYS if k in results}
 
 
+SKIP_DIRS = ("source_stage", REPLACED_DIR)  # a run's own stage; earlier runs moved aside
+
+
 def find_runs(paths: list[str]) -> list[str]:
-    """Run folders (holding results.json) at or under ``paths``, sorted; a run's ``source_stage`` is not one."""
+    """Run folders (holding results.json) at or under ``paths``, sorted; a run's ``source_stage`` is not one, nor
+    a run moved aside to ``replaced/`` (``trainer.resume=false``, ``benchmarks.run rerun=true``) below them."""
     found: list[str] = []
     for path in paths:
         if not os.path.isdir(path):
@@ -217,7 +222,7 @@ def find_runs(paths: list[str]) -> list[str]:
             found.append(os.path.normpath(path))
             continue
         for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if d != "source_stage" and not d.startswith("."))
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
             if "results.json" in files:
                 found.append(os.path.normpath(root))
                 dirs[:] = []
