@@ -54,22 +54,34 @@ def _tta(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _list(args: argparse.Namespace, rest: list[str]) -> int:
+    import shutil
+    import textwrap
+
     from da.catalog import LISTS
 
     entries = LISTS[args.what]()
     width = max((len(e.name) for e in entries), default=4)
     kind_width = max((len(e.kind) for e in entries), default=4)
     show_kind = args.what in ("methods", "validators")
+    # on a terminal each entry wraps under its description's column; piped, one line per entry (for grep)
+    columns = shutil.get_terminal_size().columns if sys.stdout.isatty() else 0
+    indent = " " * (width + 2 + (kind_width + 2 if show_kind else 0))
+
+    def show(text: str, hang: str = "") -> None:
+        print(textwrap.fill(text, columns, subsequent_indent=hang) if columns > len(hang) + 20 else text)
+
     for e in entries:
         kind = f"{e.kind:<{kind_width}}  " if show_kind else ""
         domains = f" [domains: {', '.join(e.domains)}]" if e.domains else ""
-        print(f"{e.name:<{width}}  {kind}{e.description}{domains}")
+        show(f"{e.name:<{width}}  {kind}{e.description}{domains}", indent)
     if args.what == "validators":
-        print("\nvalidators: selection=<name> picks a run's epoch, and each is also a `da select --rule <name>`; "
-              "cross-run rules rank finished runs: `da select RUNS --rule <name>` (default ensv)")  # fmt: skip
+        print()
+        show("validators: selection=<name> picks a run's epoch, and each is also a `da select --rule <name>`; "
+             "cross-run rules rank finished runs: `da select RUNS --rule <name>` (default ensv)")  # fmt: skip
     if args.what == "methods":
-        print("\nkinds: transductive (labelled source + unlabelled target), unsupervised (source-free or pseudo-label "
-              "methods; target images only after the source stage), inductive (a labelled target budget)")  # fmt: skip
+        print()
+        show("kinds: transductive (labelled source + unlabelled target), unsupervised (source-free or pseudo-label "
+             "methods; target images only after the source stage), inductive (a labelled target budget)")  # fmt: skip
     return 0
 
 
