@@ -68,7 +68,11 @@ def _list(args: argparse.Namespace, rest: list[str]) -> int:
     indent = " " * (width + 2 + (kind_width + 2 if show_kind else 0))
 
     def show(text: str, hang: str = "") -> None:
-        print(textwrap.fill(text, columns, subsequent_indent=hang) if columns > len(hang) + 20 else text)
+        print(
+            textwrap.fill(text, columns, subsequent_indent=hang, break_on_hyphens=False)
+            if columns > len(hang) + 20
+            else text
+        )
 
     for e in entries:
         kind = f"{e.kind:<{kind_width}}  " if show_kind else ""

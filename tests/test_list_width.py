@@ -19,3 +19,11 @@ def test_da_list_wraps_to_the_terminal(capsys, monkeypatch):
     assert cli.main(["list", "methods"]) == 0
     first = [line for line in capsys.readouterr().out.splitlines() if line.startswith("shot ")]
     assert len(first) == 1  # each entry still starts with its name at the left margin
+
+
+def test_da_list_breaks_no_hyphenated_name(capsys, monkeypatch):
+    """`pytorch-adapt` and `source-validation` stay whole across a wrapped line."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a, **k: os.terminal_size((100, 40)))
+    assert cli.main(["list", "validators"]) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.endswith("-")]
