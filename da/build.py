@@ -287,6 +287,11 @@ def _read_config(path: str) -> DictConfig:
 def checkpoint_results(run_dir: str) -> dict[str, Any]:
     path = os.path.join(run_dir, "results.json")
     if not os.path.isfile(os.path.join(run_dir, checkpoint.MODEL)):
+        if os.path.isfile(path):  # finished; the benchmark runs committed to git keep no weights
+            raise ConfigError(
+                f"{run_dir} holds the results of a finished run but no model.pt (its weights were not kept, as in "
+                "the benchmark runs committed to git): train the same config again to get them"
+            )
         raise ConfigError(f"{run_dir} holds no model.pt: the run has not finished (or predates model.pt)")
     try:
         with open(path) as fh:
