@@ -622,6 +622,11 @@ def main_portfolio(argv: list[str]) -> int:
         methods = [m for m in args.methods.split(",") if m]
         for m in methods:
             METHODS.get(m)  # one line listing the valid names
+        chosen = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == "method"]
+        if chosen:  # it would replace every job's method: all train it, each filed under its own name
+            raise ConfigError(
+                f"da portfolio: {chosen[0]} after -- overrides every job's method; name them with --methods"
+            )
         jobs = portfolio_jobs(methods, args.grid)
         if args.launcher:
             cmd = [

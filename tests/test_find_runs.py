@@ -1,4 +1,5 @@
-"""Which folders ``da select`` pools: finished runs, not a run's source stage nor runs moved aside to replaced/."""
+"""Which runs ``da select`` pools (finished runs, not a run's source stage nor runs moved aside to replaced/) and
+which ``da portfolio`` trains (the methods it names)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import json
 import os
 
 from da.crossrun import find_runs
+
+# what a job would train on code that let method= through: a second's work, not the default budget
+TINY_JOB = ["dataset.samples_per_class=12", "trainer.epochs=1", "trainer.steps_per_epoch=1", "device=cpu"]
+TINY_JOB += ["trainer.report=false", "trainer.progress_bar=false"]
 
 
 def _finished(folder) -> str:
@@ -28,3 +33,15 @@ def test_runs_moved_aside_are_not_pooled(tmp_path):
     assert find_runs([str(tmp_path)]) == sorted([kept, other])
     moved = str(tmp_path / "restarted" / "replaced")  # named on purpose: what it holds is pooled
     assert find_runs([moved]) == [os.path.join(moved, "20261208-000000")]
+
+
+def test_portfolio_refuses_a_method_override(tmp_path, capsys):
+    """``method=`` after ``--`` would train that one method in every job's folder, filed under the others' names."""
+    from da.crossrun import main_portfolio
+
+    out = tmp_path / "pf"
+    assert (
+        main_portfolio(["--methods", "source_only,dann", "--out", str(out), "--", "method=source_only", *TINY_JOB]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--methods" in err[0] and not out.exists(), err
