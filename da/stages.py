@@ -55,6 +55,21 @@ def source_stage_config(cfg: DictConfig, **overrides: Any) -> DictConfig:
     return out
 
 
+def check_run_model(run_dir: str, init: str) -> None:
+    """``init=<run folder>``: its model.pt must be the file that run wrote (results.json ``model_sha256``; a run
+    written before the field has none), as :func:`da.build.load_run` checks."""
+    from da.checkpoint import digest
+    from da.runfolder import read_json
+
+    results = read_json(os.path.join(run_dir, "results.json"))
+    recorded = results.get("model_sha256") if isinstance(results, dict) else None
+    if isinstance(recorded, str) and digest(os.path.join(run_dir, MODEL)) != recorded:
+        raise ConfigError(
+            f"init={init}: its model.pt is not the model that run trained (its sha256 differs from results.json's "
+            "model_sha256): copied from another run? Restore its own model.pt or retrain it"
+        )
+
+
 def init_choice(cfg: DictConfig, method_cls: type) -> str | None:
     """What ``init`` asks for: None (the model as built), ``"source"`` (train the source stage first; done by
     ``da.experiment.resolve_init``) or the path of an existing checkpoint file."""
@@ -70,6 +85,8 @@ def init_choice(cfg: DictConfig, method_cls: type) -> str | None:
     if os.path.isdir(path):
         found = [os.path.join(path, f) for f in (MODEL, CHECKPOINT) if os.path.isfile(os.path.join(path, f))]
         path = found[0] if found else os.path.join(path, CHECKPOINT)
+        if found and found[0].endswith(MODEL):
+            check_run_model(os.path.dirname(path), init)
     if not os.path.isfile(path):
         raise ConfigError(
             f"init={init}: no such checkpoint file or run folder with model.pt / checkpoint.pt; "
