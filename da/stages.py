@@ -58,12 +58,14 @@ def source_stage_config(cfg: DictConfig, **overrides: Any) -> DictConfig:
 def check_run_model(run_dir: str, init: str) -> None:
     """``init=<run folder>``: its model.pt must be the file that run wrote (results.json ``model_sha256``; a run
     written before the field has none), as :func:`da.build.load_run` checks."""
-    from da.checkpoint import digest
+    from da.checkpoint import digest, load
     from da.runfolder import read_json
 
     results = read_json(os.path.join(run_dir, "results.json"))
     recorded = results.get("model_sha256") if isinstance(results, dict) else None
-    if isinstance(recorded, str) and digest(os.path.join(run_dir, MODEL)) != recorded:
+    model = os.path.join(run_dir, MODEL)
+    if isinstance(recorded, str) and digest(model) != recorded:
+        load(model, f"init={init}", mmap=True)  # a file that is no weights file at all is refused as such first
         raise ConfigError(
             f"init={init}: its model.pt is not the model that run trained (its sha256 differs from results.json's "
             "model_sha256): copied from another run? Restore its own model.pt or retrain it"
