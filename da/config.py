@@ -369,20 +369,41 @@ def _marked(cls: type, prefix: str, values: Any) -> list[str]:
     return out
 
 
+def config_classes(config: dict[str, Any]) -> dict[str, type]:
+    """Key prefix -> dataclass of a (resolved) run config: ``""`` -> :class:`RunConfig`, and ``"method."``,
+    ``"backbone."``, ``"dataset."`` -> their registered dataclasses (a section whose name is not registered is
+    left out)."""
+    classes: dict[str, type] = {"": RunConfig}
+    for key in ("method", "backbone", "dataset"):
+        try:
+            cls = section_classes({key: config.get(key)}).get(key)
+        except ConfigError:
+            continue
+        if cls is not None:
+            classes[f"{key}."] = cls
+    return classes
+
+
 def unfingerprinted_keys(resolved: dict[str, Any]) -> list[str]:
     """The dotted keys of ``resolved`` (a resolved run config) that change no number: the fields declared with
     :func:`unfingerprinted` in :class:`RunConfig`, :class:`TrainerConfig` and the config's sections' dataclasses
     (sections whose name is not registered are skipped), and those declared with :func:`added` that are at their
     default in ``resolved``."""
-    keys = _marked(RunConfig, "", resolved)
-    for key in ("method", "backbone", "dataset"):
-        try:
-            cls = section_classes({key: resolved.get(key)}).get(key)
-        except ConfigError:
-            continue
-        if cls is not None:
-            keys.extend(_marked(cls, f"{key}.", resolved.get(key)))
+    keys: list[str] = []
+    for prefix, cls in config_classes(resolved).items():
+        keys.extend(_marked(cls, prefix, resolved.get(prefix[:-1]) if prefix else resolved))
     return keys
+
+
+def override_value(v: Any) -> str:
+    """``v`` as the value of a ``key=value`` command-line override: null, true/false, ``[a,b]``."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list | tuple):
+        return "[" + ",".join(override_value(x) for x in v) + "]"
+    return str(v)
 
 
 register_configs()

@@ -185,14 +185,14 @@ def as_config(cfg: DictConfig | list[str] | dict[str, Any] | None) -> DictConfig
     composed onto the defaults, as the command line would."""
     if isinstance(cfg, DictConfig):
         return cfg
-    from da.config import compose
+    from da.config import compose, override_value
 
     if cfg is None:
         return compose([])
     if isinstance(cfg, str):
         raise ConfigError(f"fit: pass a list of overrides, e.g. da.fit([{cfg!r}]), not a string")
     if isinstance(cfg, dict):
-        cfg = [f"{k}={_override_value(v)}" for k, v in _dotted(cfg).items()]
+        cfg = [f"{k}={override_value(v)}" for k, v in _dotted(cfg).items()]
     if isinstance(cfg, list | tuple) and all(isinstance(a, str) for a in cfg):
         from da.config import group_options
 
@@ -213,16 +213,6 @@ def _dotted(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _override_value(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, list | tuple):
-        return "[" + ",".join(_override_value(x) for x in v) + "]"
-    return str(v)
 
 
 def _test_predictions(tgt, src) -> TestPredictions:

@@ -131,19 +131,10 @@ def _comparable(config: Any, drop: tuple[str, ...]) -> dict[str, Any]:
 def _added_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """The dotted keys declared with :func:`da.config.added` and their defaults: the fingerprint leaves such a key
     out at its default, and a run that predates it computed what the default computes."""
-    from da.config import RunConfig, section_classes
-    from da.errors import ConfigError
+    from da.config import config_classes
 
-    classes: dict[str, type] = {"": RunConfig}
-    for key in ("method", "backbone", "dataset"):
-        try:
-            cls = section_classes({key: config.get(key)}).get(key)
-        except ConfigError:
-            continue
-        if cls is not None:
-            classes[f"{key}."] = cls
     out: dict[str, Any] = {}
-    for prefix, cls in classes.items():
+    for prefix, cls in config_classes(config).items():
         out.update(_defaults_of(cls, prefix))
     return out
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from da.config import to_dataclass
+from da.config import override_value, to_dataclass
 from da.errors import ConfigError
 from da.tta.corruptions import DATA_CONFIGS
 from da.tta.methods import TTA_METHODS
@@ -259,16 +259,6 @@ def _comments(cls: type) -> dict[str, str]:
     return out
 
 
-def _value(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, list):
-        return "[" + ",".join(_value(x) for x in v) + "]"
-    return str(v)
-
-
 HELP_WIDTH = 113  # the widest line of HELP
 KEY_COLUMN = 34
 
@@ -278,7 +268,7 @@ def _line(key: str, value: Any, comment: str = "") -> str:
     (a list) broken after its commas, with the comment on the lines below it."""
     import textwrap
 
-    text = f"  {key}={_value(value)}"
+    text = f"  {key}={override_value(value)}"
     indent = " " * (KEY_COLUMN + 1)
     if len(text) > KEY_COLUMN:
         parts = re.findall(r"[^,]+,?", text)
@@ -334,7 +324,7 @@ def _method_lines(default: str) -> list[str]:
         first = default if default in owners else owners[0]
         value = configs[first][key]
         same = [n for n in owners if configs[n][key] == value]
-        others = [f"{n}: {_value(configs[n][key])}" for n in owners if n not in same]
+        others = [f"{n}: {override_value(configs[n][key])}" for n in owners if n not in same]
         comment = _comments(TTA_METHODS.get(first).Config).get(key, "")
         where = f"[{', '.join(same)}" + (f"; {', '.join(others)}" if others else "") + "]"
         lines.append(_line(f"method.{key}", value, f"{where} {comment}".strip()))
