@@ -233,7 +233,7 @@ def load_run(run_dir: str, device: str = "cpu", tasks: dict | None = None) -> Lo
         method, task = _method_from(cfg, prep), None
     path = os.path.join(run_dir, checkpoint.MODEL)
     state = checkpoint.load(path, "load_run")  # weights only: a shared run folder runs no code
-    check_digest(path, results)
+    checkpoint.check_digest(path, results, "load_run")
     try:
         method.model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -241,24 +241,6 @@ def load_run(run_dir: str, device: str = "cpu", tasks: dict | None = None) -> Lo
         raise ConfigError(f"load_run: {path} does not match the model config.yaml describes ({first[:160]})") from err
     method.to(device).eval()
     return LoadedRun(run_dir, cfg, results, method, task, prep, tasks)
-
-
-def check_digest(path: str, results: dict[str, Any]) -> None:
-    """model.pt must be the file its run wrote (results.json ``model_sha256``; a folder written before the field
-    has none and is not checked): weights copied from another run of the same architecture load without error."""
-    recorded = results.get("model_sha256")
-    if not recorded:
-        return
-    try:
-        found = checkpoint.digest(path)
-    except OSError as err:
-        raise ConfigError(f"load_run: cannot read {path} ({err.strerror or err})") from err
-    if found != recorded:
-        raise ConfigError(
-            f"load_run: {path} is not the model this run trained (its sha256 {found[:12]}... differs from "
-            f"results.json's model_sha256 {str(recorded)[:12]}...): copied from another run? Restore its own "
-            "model.pt or retrain"
-        )
 
 
 def _method_from(cfg: DictConfig, prep: dict[str, Any]) -> Method:

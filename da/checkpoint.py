@@ -50,6 +50,26 @@ def digest(path: str) -> str:
     return h.hexdigest()
 
 
+def check_digest(path: str, results: Any, what: str) -> None:
+    """``path`` (a run's model.pt) must be the file its run wrote: results.json's ``model_sha256`` (a folder
+    written before the field has none and is not checked). Weights copied from another run of the same
+    architecture would load without error; a file that is no weights file at all is refused as such first."""
+    recorded = results.get("model_sha256") if isinstance(results, dict) else None
+    if not isinstance(recorded, str) or not recorded:
+        return
+    try:
+        found = digest(path)
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot read {path} ({err.strerror or err})") from err
+    if found != recorded:
+        load(path, what, mmap=True)
+        raise ConfigError(
+            f"{what}: {path} is not the model that run trained (its sha256 {found[:12]}... differs from "
+            f"results.json's model_sha256 {recorded[:12]}...): copied from another run? Restore its own model.pt "
+            "or retrain it"
+        )
+
+
 def load(path: str, what: str, hint: str = "", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` on the CPU: tensors and plain containers only, never code. An unreadable
     file (truncated, empty, foreign) or one that holds other objects is one ConfigError (+ ``hint``).

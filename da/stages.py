@@ -24,8 +24,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from da.checkpoint import CHECKPOINT, MODEL
+from da.checkpoint import CHECKPOINT, MODEL, check_digest
 from da.errors import ConfigError
+from da.runfolder import read_json
 
 SOURCE_STAGE_DIR = "source_stage"
 INIT_KEYWORDS = ("source", "scratch")
@@ -56,20 +57,8 @@ def source_stage_config(cfg: DictConfig, **overrides: Any) -> DictConfig:
 
 
 def check_run_model(run_dir: str, init: str) -> None:
-    """``init=<run folder>``: its model.pt must be the file that run wrote (results.json ``model_sha256``; a run
-    written before the field has none), as :func:`da.build.load_run` checks."""
-    from da.checkpoint import digest, load
-    from da.runfolder import read_json
-
-    results = read_json(os.path.join(run_dir, "results.json"))
-    recorded = results.get("model_sha256") if isinstance(results, dict) else None
-    model = os.path.join(run_dir, MODEL)
-    if isinstance(recorded, str) and digest(model) != recorded:
-        load(model, f"init={init}", mmap=True)  # a file that is no weights file at all is refused as such first
-        raise ConfigError(
-            f"init={init}: its model.pt is not the model that run trained (its sha256 differs from results.json's "
-            "model_sha256): copied from another run? Restore its own model.pt or retrain it"
-        )
+    """``init=<run folder>``: its model.pt must be the file that run wrote, as :func:`da.build.load_run` checks."""
+    check_digest(os.path.join(run_dir, MODEL), read_json(os.path.join(run_dir, "results.json")), f"init={init}")
 
 
 def init_choice(cfg: DictConfig, method_cls: type) -> str | None:
