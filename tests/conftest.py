@@ -52,6 +52,11 @@ def tiny_folder(tmp_path_factory):
             Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(
                 root / domain / f"c{i % 3}" / f"{i}.png"
             )
+    return [*folder_task(root), "trainer.batch_size=8"]
+
+
+def folder_task(root) -> list[str]:
+    """The overrides of a LeNet run on ``<root>/{src,tgt}/<class>/*.png`` at 28x28, without random flips."""
     return [
         "dataset=folder",
         f"dataset.root={root}",
@@ -60,7 +65,6 @@ def tiny_folder(tmp_path_factory):
         "dataset.resize=28",
         "dataset.crop=28",
         "dataset.flip=false",
-        "trainer.batch_size=8",
         "backbone=lenet",
     ]
 

@@ -18,6 +18,8 @@ from da import cli
 from da.data.images import decode_paths
 from da.inference import load_image
 
+from .conftest import folder_task
+
 PREP = {"channels": 3, "resize": 10, "crop": 8, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "scale": 255.0}
 
 
@@ -92,14 +94,7 @@ def grey16_run(tmp_path_factory):
     folder = str(root / "run")
     overrides = [
         "method=source_only",
-        "dataset=folder",
-        f"dataset.root={root}",
-        "dataset.source=src",
-        "dataset.target=tgt",
-        "dataset.resize=28",
-        "dataset.crop=28",
-        "dataset.flip=false",
-        "backbone=lenet",
+        *folder_task(root),
         "trainer.epochs=1",
         "trainer.steps_per_epoch=12",
         "trainer.batch_size=10",
